@@ -1,0 +1,208 @@
+"""The ``selfplay`` command line.
+
+Commands live next to the science they drive (``potential/cli.py``, ``dft/cli.py``,
+``samplers/cli.py``, ``flows/cli.py``) and are registered here, imported lazily so that
+``selfplay --help`` stays fast. Every :class:`~pipeline.errors.SelfplayError` becomes one
+line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.errors import SelfplayError
+
+log = logging.getLogger("selfplay")
+console = Console()
+
+app = typer.Typer(
+    name="selfplay",
+    help="Active-learning self-play DFT dataset generator for universal interatomic potentials.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Inspect the store and import existing data.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+class State:
+    config_path: Optional[Path] = None
+
+
+def config():
+    """The validated configuration (file from --config or SELFPLAY_CONFIG, plus environment)."""
+    from pipeline.config import load_config
+
+    return load_config(State.config_path)
+
+
+def connect_store(require_persistent: bool = True):
+    from pipeline.store import connect_from_config
+
+    return connect_from_config(config(), require_persistent=require_persistent)
+
+
+@app.callback()
+def _main(
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML configuration file (default: $SELFPLAY_CONFIG).", envvar="SELFPLAY_CONFIG"
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv for debug)."),
+) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING - 10 * min(verbose, 2)  # -v info, -vv debug
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    for noisy in ("pymongo", "httpx", "httpcore", "urllib3", "asyncio", "numexpr", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    State.config_path = config_file
+
+
+# ----------------------------------------------------------------------------- db
+
+
+@db_app.command("import")
+def db_import(
+    files: List[Path] = typer.Argument(..., help="Files ase.io.read understands, with energies and forces."),
+    theory: Optional[str] = typer.Option(None, help="Level-of-theory key for these labels (default: import:<format>)."),
+) -> None:
+    """Import labelled frames (extxyz, OUTCAR, vasprun.xml, FHI-aims, CASTEP, HDF5 snapshots...)."""
+    from pipeline.importer import import_file
+
+    connect_store()
+    failed = 0
+    for path in files:
+        try:
+            report = import_file(path, theory=theory)
+        except SelfplayError as exc:
+            failed += 1
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            continue
+        console.print(
+            f"{path}: {report.frames} frames, {report.new_frames} new frames, {report.new_labels} new labels "
+            f"({report.theory})",
+            highlight=False,
+        )
+    if failed:
+        raise typer.Exit(2)
+
+
+def print_summary(summary: dict) -> None:
+    console.print(
+        f"frames {summary['frames']}  labels {summary['labels']}  failures {summary['failures']}", highlight=False
+    )
+    if summary["theories"]:
+        console.print("labels per theory: " + ", ".join(f"{k} {v}" for k, v in summary["theories"].items()))
+    table = Table(title="per element")
+    for column in ("element", "frames", "labels", "failures"):
+        table.add_column(column, justify="right")
+    for element, row in summary["per_element"].items():
+        table.add_row(element, str(row["frames"]), str(row["labels"]), str(row["failures"]))
+    console.print(table)
+    table = Table(title="per generation")
+    for column in ("generation", "status", "frames", "labels", "failures"):
+        table.add_column(column, justify="right")
+    status = {g["number"]: g["status"] for g in summary["generations"]}
+    numbers = set(summary["per_generation"]) | set(status)
+    for number in sorted(numbers, key=lambda n: (n is None, n or 0)):
+        row = summary["per_generation"].get(number, {"frames": 0, "labels": 0, "failures": 0})
+        name = "imported" if number is None else str(number)
+        table.add_row(name, status.get(number, "-"), str(row["frames"]), str(row["labels"]), str(row["failures"]))
+    console.print(table)
+
+
+@db_app.command("status")
+def db_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Frames, labels, failures, per element and per generation."""
+    import json
+
+    from pipeline.stats import dataset_summary
+
+    info = connect_store()
+    summary = dataset_summary()
+    if as_json:
+        summary["per_generation"] = {("imported" if k is None else k): v for k, v in summary["per_generation"].items()}
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(f"store: {info.uri} (database {info.database})", highlight=False)
+    print_summary(summary)
+
+
+@app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
+    format: str = typer.Option("hdf5", "--format", "-f", help="hdf5 or extxyz."),
+    generation: Optional[int] = typer.Option(None, help="Only labels made in this generation."),
+    until: Optional[int] = typer.Option(None, help="Only labels made up to this generation."),
+    elements: Optional[str] = typer.Option(None, help="Only frames made of these elements, e.g. H,C,N,O."),
+    theory: Optional[List[str]] = typer.Option(None, help="Only these level-of-theory keys."),
+) -> None:
+    """Write a snapshot of the labelled dataset (streaming)."""
+    from pipeline.export import export_snapshot
+
+    connect_store()
+    summary = export_snapshot(
+        out,
+        format=format,
+        generation=generation,
+        until_generation=until,
+        elements=split_elements(elements),
+        theories=theory or None,
+        progress=sys.stderr.isatty(),
+    )
+    console.print(f"wrote {summary.n_frames} frames ({summary.n_atoms} atoms) to {summary.path}", highlight=False)
+
+
+def split_elements(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    return [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
+
+
+# ------------------------------------------------------- commands of other packages
+
+
+#: (command, module, function). Those modules keep heavy imports (torch, pyscf, prefect)
+#: inside the functions, so registering them costs nothing at start-up.
+COMMANDS: list[tuple[str, str, str]] = []
+
+
+def _register_commands() -> None:
+    for name, module, function in COMMANDS:
+        app.command(name)(getattr(importlib.import_module(module), function))
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except SelfplayError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        Console(stderr=True).print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""MongoDB documents (mongoengine): what the dataset is made of.
+
+``Frame``       a structure, unique by content hash, with where it came from.
+``Label``       a DFT (or imported) energy/forces/stress of a frame at a level of theory;
+                unique per (frame, theory).
+``Failure``     a frame whose labelling failed at a level of theory, with the attempts.
+``Generation``  one self-play loop: status of each stage, thresholds, ledger, metrics.
+``ModelVersion`` a trained ensemble: weights in GridFS, hyperparameters, metrics, data seen.
+
+Arrays are raw little-endian bytes (see :mod:`pipeline.arrays`); element lists are
+denormalised onto labels and failures so per-element counts are single-collection
+aggregations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import mongoengine as me
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from pipeline import arrays
+from pipeline.hashing import frame_hash
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Frame(me.Document):
+    hash = me.StringField(required=True, max_length=64)
+    n_atoms = me.IntField(required=True, min_value=1)
+    numbers = me.BinaryField(required=True)
+    positions = me.BinaryField(required=True)
+    cell = me.BinaryField(required=True)
+    pbc = me.ListField(me.BooleanField(), required=True)
+    elements = me.ListField(me.StringField(), required=True)
+    formula = me.StringField(required=True)
+    #: Generation whose exploration produced the frame (None for imported frames).
+    generation = me.IntField()
+    #: Sampler name, "import", ... (provenance["sampler"] repeated for indexing).
+    source = me.StringField(required=True)
+    provenance = me.DictField()
+    #: Largest per-atom ensemble force deviation when the frame was selected (eV/Å).
+    sigma_f = me.FloatField()
+    force_deviation = me.BinaryField()
+    #: "candidate" or "sentinel" for explored frames picked for labelling.
+    selected_as = me.StringField()
+    created_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "frames",
+        "indexes": [
+            {"fields": ["hash"], "unique": True},
+            "elements",
+            "generation",
+            "source",
+        ],
+    }
+
+    @classmethod
+    def from_atoms(
+        cls,
+        atoms: Atoms,
+        *,
+        source: str,
+        generation: int | None = None,
+        provenance: dict | None = None,
+        sigma_f: float | None = None,
+        force_deviation: np.ndarray | None = None,
+        selected_as: str | None = None,
+    ) -> "Frame":
+        numbers = atoms.numbers
+        return cls(
+            hash=frame_hash(atoms),
+            n_atoms=len(atoms),
+            numbers=arrays.pack(numbers, arrays.NUMBERS),
+            positions=arrays.pack(atoms.positions),
+            cell=arrays.pack(atoms.cell.array),
+            pbc=[bool(p) for p in atoms.pbc],
+            elements=sorted(set(atoms.get_chemical_symbols())),
+            formula=atoms.get_chemical_formula(mode="hill"),
+            generation=generation,
+            source=source,
+            provenance=provenance or {},
+            sigma_f=None if sigma_f is None else float(sigma_f),
+            force_deviation=None if force_deviation is None else arrays.pack(force_deviation),
+            selected_as=selected_as,
+        )
+
+    def to_atoms(self) -> Atoms:
+        n = self.n_atoms
+        atoms = Atoms(
+            numbers=arrays.unpack(self.numbers, (n,), arrays.NUMBERS).astype(int),
+            positions=arrays.unpack(self.positions, (n, 3)),
+            cell=arrays.unpack(self.cell, (3, 3)),
+            pbc=list(self.pbc),
+        )
+        atoms.info["frame_hash"] = self.hash
+        if self.sigma_f is not None:
+            atoms.info["sigma_f"] = self.sigma_f
+        if self.force_deviation is not None:
+            atoms.arrays["force_deviation"] = arrays.unpack(self.force_deviation, (n,))
+        return atoms
+
+
+class Label(me.Document):
+    frame = me.ReferenceField(Frame, required=True)
+    frame_hash = me.StringField(required=True, max_length=64)
+    #: Level-of-theory key (hash of the settings that change the number, or "import:<source>").
+    theory = me.StringField(required=True)
+    theory_spec = me.DictField()
+    energy = me.FloatField(required=True)  # eV
+    forces = me.BinaryField(required=True)  # eV/Å, (n_atoms, 3)
+    stress = me.BinaryField()  # eV/Å³, Voigt order xx yy zz yz xz xy
+    n_atoms = me.IntField(required=True)
+    elements = me.ListField(me.StringField(), required=True)
+    generation = me.IntField()
+    #: Code versions, SCF iterations, convergence, device, spin/charge, extras.
+    info = me.DictField()
+    wall_time = me.FloatField()  # s
+    created_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "labels",
+        "indexes": [
+            {"fields": ["frame", "theory"], "unique": True},
+            "frame_hash",
+            "theory",
+            "generation",
+            "elements",
+        ],
+    }
+
+    @property
+    def forces_array(self) -> np.ndarray:
+        return arrays.unpack(self.forces, (self.n_atoms, 3))
+
+    @property
+    def stress_array(self) -> np.ndarray | None:
+        return arrays.unpack(self.stress, (6,))
+
+    def to_atoms(self, frame: Frame | None = None) -> Atoms:
+        """The labelled frame as ``ase.Atoms`` with a SinglePointCalculator."""
+        atoms = (frame or self.frame).to_atoms()
+        results = {"energy": self.energy, "free_energy": self.energy, "forces": self.forces_array}
+        if self.stress is not None:
+            results["stress"] = self.stress_array
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["theory"] = self.theory
+        return atoms
+
+
+class Failure(me.Document):
+    frame = me.ReferenceField(Frame, required=True)
+    frame_hash = me.StringField(required=True, max_length=64)
+    theory = me.StringField(required=True)
+    reason = me.StringField(required=True)
+    attempts = me.ListField(me.DictField())
+    elements = me.ListField(me.StringField())
+    generation = me.IntField()
+    created_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "failures",
+        "indexes": [
+            {"fields": ["frame", "theory"], "unique": True},
+            "generation",
+            "elements",
+        ],
+    }
+
+
+STAGES = ("train", "explore", "select", "label", "report")
+STATUSES = ("pending", "running", "completed", "failed")
+
+
+class Generation(me.Document):
+    number = me.IntField(required=True, min_value=0)
+    status = me.StringField(required=True, choices=STATUSES, default="pending")
+    #: stage -> {"status", "started_at", "finished_at", "result": {...}}
+    stages = me.DictField()
+    thresholds = me.DictField()  # {"lo": ..., "hi": ...} in eV/Å
+    counts = me.DictField()  # explored/accurate/candidate/failed/selected/labelled/dft_failed
+    #: element -> {"explored", "accurate", "candidate", "failed", "selected", "labelled", "dft_failed"}
+    ledger = me.DictField()
+    metrics = me.DictField()
+    config = me.DictField()
+    theory = me.StringField()
+    model_version = me.ReferenceField("ModelVersion")
+    prefect_flow_run_id = me.StringField()
+    error = me.StringField()
+    started_at = me.DateTimeField(default=utcnow)
+    finished_at = me.DateTimeField()
+
+    meta = {
+        "collection": "generations",
+        "indexes": [{"fields": ["number"], "unique": True}, "status"],
+    }
+
+
+class ModelVersion(me.Document):
+    generation = me.IntField()
+    name = me.StringField(required=True)
+    #: Checkpoint archive (tar of the ensemble directory) in GridFS.
+    weights = me.FileField(collection_name="model_weights")
+    checkpoint_sha256 = me.StringField()
+    hyperparameters = me.DictField()
+    metrics = me.DictField()
+    #: What it was trained on: theory, number of frames, per-element counts, label ids digest.
+    trained_on = me.DictField()
+    created_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "model_versions",
+        "indexes": [{"fields": ["name"], "unique": True}, "generation"],
+    }
+
+
+ALL_DOCUMENTS = (Frame, Label, Failure, Generation, ModelVersion)

@@ -1,0 +1,172 @@
+"""Reading labelled frames from files and importing them into the store.
+
+Anything ``ase.io.read`` understands that carries energies and forces (extxyz, VASP
+OUTCAR/vasprun.xml, FHI-aims, CASTEP, ...) and selfplay's own HDF5 snapshots. A file is
+validated whole before anything is written, and if the database fails half-way the
+frames and labels this import created are removed again: a file is imported entirely
+or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from ase import Atoms
+
+from pipeline.atoms import check_atoms
+from pipeline.errors import DataFileError, InvalidStructure, SelfplayError
+
+log = logging.getLogger(__name__)
+
+
+def is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def read_frames(path: Path | str, *, require_labels: bool = False, index: str = ":") -> list[Atoms]:
+    """All frames of ``path`` (any ASE format, or a selfplay HDF5 snapshot).
+
+    With ``require_labels`` every frame must carry a finite energy and forces of the right
+    shape. Raises :class:`DataFileError` naming the file (and frame) on any problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path}: file is empty")
+    try:
+        if is_hdf5(path):
+            from pipeline.export import read_hdf5
+
+            frames = list(read_hdf5(path))
+        else:
+            import ase.io
+
+            frames = ase.io.read(path, index=index)
+            if isinstance(frames, Atoms):
+                frames = [frames]
+    except SelfplayError:
+        raise
+    except KeyError as exc:  # ASE's symbol lookup: the only KeyError its readers raise on content
+        raise DataFileError(f"{path}: unknown element symbol {exc.args[0]!r}") from None
+    except Exception as exc:  # ASE raises many exception types for unreadable files
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataFileError(f"{path}: cannot read ({type(exc).__name__}: {message[:200]})") from None
+    if not frames:
+        raise DataFileError(f"{path}: contains no frames")
+    for i, atoms in enumerate(frames):
+        name = f"{path} frame {i}"
+        try:
+            check_atoms(atoms, name)
+        except InvalidStructure as exc:
+            raise DataFileError(str(exc)) from None
+        if require_labels:
+            label_arrays(atoms, name)
+    return frames
+
+
+def label_arrays(atoms: Atoms, name: str) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Energy, forces and stress (Voigt, or None) carried by ``atoms``; raises if missing."""
+    results = getattr(atoms.calc, "results", None) or {}
+    energy = results.get("energy", results.get("free_energy"))
+    forces = results.get("forces")
+    if energy is None or forces is None:
+        missing = " and ".join(k for k, v in (("energy", energy), ("forces", forces)) if v is None)
+        raise DataFileError(f"{name}: no {missing} in the file")
+    energy = float(energy)
+    forces = np.asarray(forces, dtype=np.float64)
+    if forces.shape != (len(atoms), 3):
+        raise DataFileError(f"{name}: forces have shape {forces.shape} for {len(atoms)} atoms")
+    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
+        raise DataFileError(f"{name}: energy or forces contain NaN or infinite values")
+    stress = results.get("stress")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=np.float64)
+        if stress.shape == (3, 3):
+            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        if stress.shape != (6,) or not np.all(np.isfinite(stress)):
+            raise DataFileError(f"{name}: stress is malformed or not finite")
+    return energy, forces, stress
+
+
+@dataclass
+class ImportReport:
+    path: Path
+    frames: int
+    new_frames: int
+    new_labels: int
+    theory: str
+
+
+def theory_of(atoms: Atoms, path: Path, theory: str | None) -> str:
+    if theory:
+        return theory
+    if atoms.info.get("theory"):
+        return str(atoms.info["theory"])
+    # Without a name from the user or the file, the format names the source (vasp-out,
+    # aims-output, castep-castep, extxyz, ...): labels from different codes never mix.
+    try:
+        from ase.io.formats import filetype
+
+        kind = filetype(str(path), guess=True)
+    except Exception:
+        kind = path.suffix.lstrip(".") or "file"
+    return f"import:{kind}"
+
+
+def import_file(path: Path | str, *, theory: str | None = None) -> ImportReport:
+    """Import one file's labelled frames; all or nothing."""
+    from pipeline.documents import Frame, Label
+    from pipeline.store import add_frame, add_label
+
+    path = Path(path)
+    frames = read_frames(path, require_labels=True)
+    created_frames, created_labels = [], []
+    theories = set()
+    try:
+        for i, atoms in enumerate(frames):
+            energy, forces, stress = label_arrays(atoms, f"{path} frame {i}")
+            key = theory_of(atoms, path, theory)
+            theories.add(key)
+            generation = atoms.info.get("generation")
+            frame, new = add_frame(
+                atoms,
+                source=str(atoms.info.get("source") or "import"),
+                provenance={"file": str(path.resolve()), "index": i},
+            )
+            if new:
+                created_frames.append(frame.id)
+            label, new = add_label(
+                frame,
+                theory=key,
+                energy=energy,
+                forces=forces,
+                stress=stress,
+                theory_spec={"source_file": path.name, "calculator": getattr(atoms.calc, "name", None)},
+                generation=int(generation) if generation is not None else None,
+            )
+            if new:
+                created_labels.append(label.id)
+    except BaseException:
+        # Undo this file's writes so a failed import leaves nothing behind.
+        Label.objects(id__in=created_labels).delete()
+        Frame.objects(id__in=created_frames).delete()
+        raise
+    report = ImportReport(
+        path=path,
+        frames=len(frames),
+        new_frames=len(created_frames),
+        new_labels=len(created_labels),
+        theory=", ".join(sorted(theories)),
+    )
+    log.info("imported %s: %d frames, %d new, %d new labels", path, report.frames, report.new_frames, report.new_labels)
+    return report
+
+
+def import_files(paths: Iterable[Path | str], *, theory: str | None = None) -> list[ImportReport]:
+    return [import_file(p, theory=theory) for p in paths]
