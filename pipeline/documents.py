@@ -20,6 +20,7 @@ import mongoengine as me
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import chemical_symbols
 
 from pipeline import arrays
 from pipeline.hashing import frame_hash
@@ -27,6 +28,45 @@ from pipeline.hashing import frame_hash
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def hill_formula(numbers: np.ndarray) -> str:
+    """Hill-order formula (C, H, then alphabetical; alphabetical without carbon)."""
+    values, counts = np.unique(numbers, return_counts=True)
+    count = {chemical_symbols[z]: int(n) for z, n in zip(values, counts)}
+    first = [k for k in ("C", "H") if k in count] if "C" in count else []
+    order = first + sorted(k for k in count if k not in first)
+    return "".join(f"{k}{count[k] if count[k] > 1 else ''}" for k in order)
+
+
+def frame_fields(
+    atoms: Atoms,
+    *,
+    source: str,
+    generation: int | None = None,
+    provenance: dict | None = None,
+    sigma_f: float | None = None,
+    force_deviation: np.ndarray | None = None,
+    selected_as: str | None = None,
+) -> dict:
+    """The stored fields of a frame (plain values: also used for bulk inserts)."""
+    numbers = np.asarray(atoms.numbers)
+    return dict(
+        hash=frame_hash(atoms),
+        n_atoms=len(numbers),
+        numbers=arrays.pack(numbers, arrays.NUMBERS),
+        positions=arrays.pack(atoms.positions),
+        cell=arrays.pack(atoms.cell.array),
+        pbc=[bool(p) for p in atoms.pbc],
+        elements=sorted(chemical_symbols[z] for z in set(numbers.tolist())),
+        formula=hill_formula(numbers),
+        generation=generation,
+        source=source,
+        provenance=provenance or {},
+        sigma_f=None if sigma_f is None else float(sigma_f),
+        force_deviation=None if force_deviation is None else arrays.pack(force_deviation),
+        selected_as=selected_as,
+    )
 
 
 class Frame(me.Document):
@@ -61,34 +101,8 @@ class Frame(me.Document):
     }
 
     @classmethod
-    def from_atoms(
-        cls,
-        atoms: Atoms,
-        *,
-        source: str,
-        generation: int | None = None,
-        provenance: dict | None = None,
-        sigma_f: float | None = None,
-        force_deviation: np.ndarray | None = None,
-        selected_as: str | None = None,
-    ) -> "Frame":
-        numbers = atoms.numbers
-        return cls(
-            hash=frame_hash(atoms),
-            n_atoms=len(atoms),
-            numbers=arrays.pack(numbers, arrays.NUMBERS),
-            positions=arrays.pack(atoms.positions),
-            cell=arrays.pack(atoms.cell.array),
-            pbc=[bool(p) for p in atoms.pbc],
-            elements=sorted(set(atoms.get_chemical_symbols())),
-            formula=atoms.get_chemical_formula(mode="hill"),
-            generation=generation,
-            source=source,
-            provenance=provenance or {},
-            sigma_f=None if sigma_f is None else float(sigma_f),
-            force_deviation=None if force_deviation is None else arrays.pack(force_deviation),
-            selected_as=selected_as,
-        )
+    def from_atoms(cls, atoms: Atoms, *, source: str, **fields) -> "Frame":
+        return cls(**frame_fields(atoms, source=source, **fields))
 
     def to_atoms(self) -> Atoms:
         n = self.n_atoms

@@ -119,39 +119,33 @@ def theory_of(atoms: Atoms, path: Path, theory: str | None) -> str:
     return f"import:{kind}"
 
 
-def import_file(path: Path | str, *, theory: str | None = None) -> ImportReport:
+def import_file(path: Path | str, *, theory: str | None = None, batch_size: int = 1000) -> ImportReport:
     """Import one file's labelled frames; all or nothing."""
     from pipeline.documents import Frame, Label
-    from pipeline.store import add_frame, add_label
+    from pipeline.store import add_labelled_frames
 
     path = Path(path)
     frames = read_frames(path, require_labels=True)
+    labels = [label_arrays(atoms, f"{path} frame {i}") for i, atoms in enumerate(frames)]
+    keys = [theory_of(atoms, path, theory) for atoms in frames]
     created_frames, created_labels = [], []
-    theories = set()
     try:
-        for i, atoms in enumerate(frames):
-            energy, forces, stress = label_arrays(atoms, f"{path} frame {i}")
-            key = theory_of(atoms, path, theory)
-            theories.add(key)
-            generation = atoms.info.get("generation")
-            frame, new = add_frame(
-                atoms,
-                source=str(atoms.info.get("source") or "import"),
-                provenance={"file": str(path.resolve()), "index": i},
-            )
-            if new:
-                created_frames.append(frame.id)
-            label, new = add_label(
-                frame,
-                theory=key,
-                energy=energy,
-                forces=forces,
-                stress=stress,
-                theory_spec={"source_file": path.name, "calculator": getattr(atoms.calc, "name", None)},
-                generation=int(generation) if generation is not None else None,
-            )
-            if new:
-                created_labels.append(label.id)
+        # One bulk insert per (theory, batch): a file normally holds a single theory.
+        for key in dict.fromkeys(keys):
+            indices = [i for i, k in enumerate(keys) if k == key]
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                result = add_labelled_frames(
+                    [frames[i] for i in chunk],
+                    [labels[i] for i in chunk],
+                    theory=key,
+                    source="import",
+                    theory_spec={"source_file": path.name, "format": key.removeprefix("import:")},
+                    provenance=[{"file": str(path.resolve()), "index": i} for i in chunk],
+                    label_generation=[_generation(frames[i]) for i in chunk],
+                )
+                created_frames += result.created_frames
+                created_labels += result.created_labels
     except BaseException:
         # Undo this file's writes so a failed import leaves nothing behind.
         Label.objects(id__in=created_labels).delete()
@@ -162,10 +156,15 @@ def import_file(path: Path | str, *, theory: str | None = None) -> ImportReport:
         frames=len(frames),
         new_frames=len(created_frames),
         new_labels=len(created_labels),
-        theory=", ".join(sorted(theories)),
+        theory=", ".join(sorted(set(keys))),
     )
     log.info("imported %s: %d frames, %d new, %d new labels", path, report.frames, report.new_frames, report.new_labels)
     return report
+
+
+def _generation(atoms: Atoms) -> int | None:
+    value = atoms.info.get("generation")
+    return None if value is None else int(value)
 
 
 def import_files(paths: Iterable[Path | str], *, theory: str | None = None) -> list[ImportReport]:

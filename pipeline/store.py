@@ -25,7 +25,7 @@ from pymongo import uri_parser
 
 from pipeline import arrays
 from pipeline.config import mask_uri
-from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label
+from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, frame_fields, utcnow
 from pipeline.errors import InvalidStructure, StoreError, StoreUnavailable
 from pipeline.hashing import frame_hash
 
@@ -232,6 +232,93 @@ def add_failure(
         return failure, True
     except me.NotUniqueError:
         return Failure.objects(frame=frame, theory=theory).first(), False
+
+
+def _insert_many_ignoring_duplicates(collection, documents: list[dict]) -> list:
+    """Insert unordered; returns the ``_id`` of each document this call created."""
+    if not documents:
+        return []
+    try:
+        collection.insert_many(documents, ordered=False)
+        return [d["_id"] for d in documents]
+    except pymongo.errors.BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        other = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if other:
+            raise StoreError(f"bulk insert into {collection.name} failed: {other[0].get('errmsg', other[0])}") from None
+        failed = {e["index"] for e in errors}
+        return [d["_id"] for i, d in enumerate(documents) if i not in failed]
+
+
+@dataclass
+class BulkResult:
+    frame_ids: list  # ids of all the frames given, existing or new
+    created_frames: list
+    created_labels: list
+
+
+def add_labelled_frames(
+    frames: list[Atoms],
+    labels: list[tuple[float, np.ndarray, np.ndarray | None]],
+    *,
+    theory: str,
+    source: str,
+    theory_spec: dict | None = None,
+    provenance: list[dict] | None = None,
+    generation: int | None = None,
+    label_generation: list[int | None] | None = None,
+) -> BulkResult:
+    """Insert many frames with their labels in a few round trips (import, benchmarks).
+
+    Same guarantees as :func:`add_frame`/:func:`add_label`: existing frames and labels are
+    kept, concurrent writers never create duplicates.
+    """
+    from bson import ObjectId
+
+    now = utcnow()
+    frame_docs = []
+    for i, atoms in enumerate(frames):
+        fields = frame_fields(atoms, source=source, generation=generation, provenance=provenance[i] if provenance else None)
+        # Unset optional fields are left out, as mongoengine does.
+        doc = {"_id": ObjectId(), **{k: v for k, v in fields.items() if v is not None}, "created_at": now}
+        frame_docs.append(doc)
+    created_frames = _insert_many_ignoring_duplicates(Frame._get_collection(), frame_docs)
+    try:
+        created_labels = _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_generation)
+    except BaseException:
+        Frame._get_collection().delete_many({"_id": {"$in": created_frames}})  # all or nothing
+        raise
+    ids = [d["_id"] for d in Frame._get_collection().find({"hash": {"$in": [d["hash"] for d in frame_docs]}}, {"_id": 1})]
+    return BulkResult(frame_ids=ids, created_frames=created_frames, created_labels=created_labels)
+
+
+def _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_generation) -> list:
+    from bson import ObjectId
+
+    hashes = [d["hash"] for d in frame_docs]
+    ids = {d["hash"]: d["_id"] for d in Frame._get_collection().find({"hash": {"$in": hashes}}, {"hash": 1})}
+    label_docs = []
+    for i, (doc, (energy, forces, stress)) in enumerate(zip(frame_docs, labels)):
+        frame = Frame(hash=doc["hash"], n_atoms=doc["n_atoms"])
+        forces, stress = _check_label_arrays(frame, float(energy), forces, stress)
+        label_docs.append(
+            {
+                "_id": ObjectId(),
+                "frame": ids[doc["hash"]],
+                "frame_hash": doc["hash"],
+                "theory": theory,
+                "theory_spec": theory_spec or {},
+                "energy": float(energy),
+                "forces": arrays.pack(forces),
+                "stress": None if stress is None else arrays.pack(stress),
+                "n_atoms": doc["n_atoms"],
+                "elements": doc["elements"],
+                "generation": label_generation[i] if label_generation else generation,
+                "info": {},
+                "created_at": doc["created_at"],
+            }
+        )
+    return _insert_many_ignoring_duplicates(Label._get_collection(), label_docs)
 
 
 # ----------------------------------------------------------------------------- reads

@@ -142,24 +142,25 @@ def test_bad_files_write_nothing(store, tmp_path, name):
     assert (Frame.objects.count(), Label.objects.count()) == before
 
 
-def test_bad_file_in_the_middle_rolls_back(store, tmp_path, monkeypatch):
-    """A database failure half-way through a file removes what that file created."""
+def test_database_failure_half_way_rolls_back(store, tmp_path, monkeypatch):
+    """A database failure in a later batch removes what the earlier batches of that file created."""
     import pipeline.store as store_module
 
     path = tmp_path / "five.xyz"
     ase.io.write(path, emt_dataset(5))
     calls = {"n": 0}
-    real_add_label = store_module.add_label
+    real_insert = store_module._insert_many_ignoring_duplicates
 
-    def failing_add_label(*args, **kwargs):
+    def failing_insert(collection, documents):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 4:  # the labels of the second batch
             raise RuntimeError("connection dropped")
-        return real_add_label(*args, **kwargs)
+        return real_insert(collection, documents)
 
-    monkeypatch.setattr(store_module, "add_label", failing_add_label)
+    monkeypatch.setattr(store_module, "_insert_many_ignoring_duplicates", failing_insert)
     with pytest.raises(RuntimeError):
-        import_file(path)
+        import_file(path, batch_size=2)
+    assert calls["n"] == 4
     assert Frame.objects.count() == 0 and Label.objects.count() == 0
 
 

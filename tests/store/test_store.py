@@ -154,3 +154,11 @@ def test_periodic_frame_with_cell_shorter_than_bond_is_rejected():
     tiny.set_cell(atoms.cell * 0.01, scale_atoms=True)
     with pytest.raises(InvalidStructure, match="overlap"):
         check_atoms(tiny)
+
+
+@pytest.mark.parametrize("symbols", ["C2H6O", "H2O", "NaCl", "CO2", "HBrC", "OHHe", "Fe2O3", "CH4"])
+def test_hill_formula_matches_ase(symbols):
+    from pipeline.documents import hill_formula
+
+    atoms = Atoms(symbols)
+    assert hill_formula(atoms.numbers) == atoms.get_chemical_formula(mode="hill")
