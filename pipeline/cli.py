@@ -174,7 +174,18 @@ def split_elements(text: Optional[str]) -> Optional[list[str]]:
 
 #: (command, module, function). Those modules keep heavy imports (torch, pyscf, prefect)
 #: inside the functions, so registering them costs nothing at start-up.
-COMMANDS: list[tuple[str, str, str]] = []
+COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "flows.cli", "demo"),
+    ("run", "flows.cli", "run"),
+    ("status", "flows.cli", "status"),
+    ("train", "potential.cli", "train"),
+    ("predict", "potential.cli", "predict"),
+    ("label", "dft.cli", "label"),
+    ("sample", "samplers.cli", "sample"),
+    ("select", "samplers.cli", "select"),
+    ("dashboard", "pipeline.dashboard.cli", "dashboard"),
+    ("report", "pipeline.dashboard.cli", "report"),
+]
 
 
 def _register_commands() -> None:

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pipeline.errors import ConfigError
+
+# Section models live next to the code they configure; this module composes them.
+from dft.settings import DFTSettings
+from pipeline.selection import SelectionConfig
+from potential.config import ModelConfig, TrainConfig
+from samplers.dynamics import MeltQuenchConfig
+from samplers.random_structures import RandomStructureConfig
+from samplers.substitution import SubstitutionConfig
 
 
 def mask_uri(uri: str | SecretStr | None) -> str:
@@ -52,6 +60,79 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RandomSampler(_Section):
+    """Random multi-element cells and clusters (model-free; scored by the model when one exists)."""
+
+    enabled: bool = True
+    count: int = Field(16, ge=0, description="structures per generation")
+    params: dict[str, Any] = Field(default_factory=dict, description="RandomStructureConfig fields except elements")
+
+    def build(self, elements: list[str]) -> RandomStructureConfig:
+        return RandomStructureConfig(elements=elements, **self.params)
+
+
+class MeltQuenchSampler(_Section):
+    """Heat, hold and cool with the current model, starting from random structures and stored frames."""
+
+    enabled: bool = True
+    trajectories: int = Field(8, ge=0, description="trajectories per generation")
+    from_database: float = Field(
+        0.5, ge=0, le=1, description="share of starting structures drawn from labelled frames (rest: random)"
+    )
+    start: dict[str, Any] = Field(
+        default_factory=dict, description="RandomStructureConfig fields for random starting structures"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="MeltQuenchConfig fields")
+
+    def build(self) -> MeltQuenchConfig:
+        return MeltQuenchConfig(**self.params)
+
+
+class SubstitutionSampler(_Section):
+    """Element substitution in prototypes and stored frames."""
+
+    enabled: bool = True
+    count: int = Field(8, ge=0, description="substituted structures per generation")
+    from_database: float = Field(0.5, ge=0, le=1, description="share of seeds drawn from labelled frames")
+    params: dict[str, Any] = Field(default_factory=dict, description="SubstitutionConfig fields except elements")
+
+    def build(self, elements: list[str]) -> SubstitutionConfig:
+        return SubstitutionConfig(elements=elements, **self.params)
+
+
+class ExploreConfig(_Section):
+    random: RandomSampler = Field(default_factory=RandomSampler)
+    melt_quench: MeltQuenchSampler = Field(default_factory=MeltQuenchSampler)
+    substitution: SubstitutionSampler = Field(default_factory=SubstitutionSampler)
+
+
+class ResourcesConfig(_Section):
+    device: str = Field("auto", pattern="^(auto|cpu|cuda|cuda:[0-9]+)$", description="model training/inference device")
+    dft_workers: int = Field(1, ge=1, description="DFT single points at once (one process each)")
+    dft_retries: int = Field(1, ge=0, description="Prefect retries of a DFT task that crashed (not of SCF failures)")
+    task_runner: str = Field("threads", pattern="^(threads|dask)$", description="threads, or dask (prefect-dask)")
+    dask_address: Optional[str] = Field(None, description="scheduler address for task_runner=dask; None = local cluster")
+    dask_workers: int = Field(2, ge=1, description="local Dask worker processes when no address is given")
+
+
+class GenerationSettings(_Section):
+    min_train_frames: int = Field(
+        8, ge=1, description="fewer labelled frames than this: no training (cold start, model-free exploration)"
+    )
+    min_labelled_fraction: float = Field(
+        0.5, ge=0, le=1, description="a generation completes if at least this share of its frames got labels"
+    )
+    training_theories: list[str] = Field(
+        default_factory=list, description="other level-of-theory keys whose labels also train the model"
+    )
+    export_hdf5: bool = Field(True, description="write a cumulative HDF5 snapshot after each generation")
+    write_report: bool = Field(True, description="write the static HTML report after each generation")
+
+
 class SelfplayConfig(BaseSettings):
     """Everything a generation needs. Sections are added by the packages they configure."""
 
@@ -66,7 +147,51 @@ class SelfplayConfig(BaseSettings):
     db_timeout_ms: int = Field(default=5000, gt=0, description="server selection / connect timeout")
     workdir: Path = Field(default=Path("selfplay-out"), description="models, reports and exports land here")
 
+    elements: list[str] = Field(default_factory=lambda: ["H", "C", "N", "O"], min_length=1)
+    seed: int = Field(0, description="every random choice of a generation derives from (seed, generation)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    explore: ExploreConfig = Field(default_factory=ExploreConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    dft: DFTSettings = Field(default_factory=DFTSettings)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
     _yaml_data: ClassVar[dict[str, Any]] = {}
+
+    @field_validator("elements")
+    @classmethod
+    def _check_elements(cls, value: list[str]) -> list[str]:
+        from pipeline.atoms import symbols_to_numbers
+
+        symbols_to_numbers(value)  # raises on unknown or unsupported symbols
+        if len(set(value)) != len(value):
+            raise ValueError("elements are listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_samplers(self) -> "SelfplayConfig":
+        # Build every sampler configuration now, so a bad parameter fails before any work.
+        explore = self.explore
+        for name, build in (
+            ("explore.random.params", lambda: explore.random.build(self.elements)),
+            ("explore.melt_quench.start", lambda: RandomStructureConfig(elements=self.elements, **explore.melt_quench.start)),
+            ("explore.melt_quench.params", explore.melt_quench.build),
+            ("explore.substitution.params", lambda: explore.substitution.build(self.elements)),
+        ):
+            try:
+                build()
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+                raise ValueError(f"{name}.{where}: {message}") from None
+        if not any(
+            (explore.random.enabled and explore.random.count, explore.melt_quench.enabled and explore.melt_quench.trajectories,
+             explore.substitution.enabled and explore.substitution.count)
+        ):
+            raise ValueError("every sampler is disabled or has a zero count: nothing to explore")
+        return self
 
     @field_validator("mongodb_uri")
     @classmethod
@@ -94,8 +219,8 @@ class SelfplayConfig(BaseSettings):
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "<root>"
-    message = first["msg"]
+    field = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
     value = first.get("input")
@@ -104,7 +229,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         shown = f" (got {value!r})"
     more = len(error.errors()) - 1
     tail = f"; and {more} more problem{'s' if more > 1 else ''}" if more else ""
-    return f"{source}: field '{field}': {message}{shown}{tail}"
+    where = f"field '{field}': " if field else ""
+    return f"{source}: {where}{message}{shown}{tail}"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

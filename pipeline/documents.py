@@ -205,6 +205,8 @@ class Generation(me.Document):
     theory = me.StringField()
     model_version = me.ReferenceField("ModelVersion")
     prefect_flow_run_id = me.StringField()
+    #: The explore stage's frames (npz archive, see pipeline.generation.pack_frames) for resuming.
+    explored = me.FileField(collection_name="explored_frames")
     error = me.StringField()
     started_at = me.DateTimeField(default=utcnow)
     finished_at = me.DateTimeField()

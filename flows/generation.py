@@ -1,0 +1,184 @@
+"""The self-play generation as a Prefect flow.
+
+Only wiring: every stage is a function of :mod:`pipeline.generation`, run as a Prefect
+task; the DFT fan-out is a subflow whose task runner comes from the configuration
+(threads on one machine, Dask — e.g. a ``dask_jobqueue`` SLURM cluster — on many), so
+switching runners changes no code. DFT tasks receive frames and settings and return
+outcomes; only this process touches the database, which therefore may even be the
+embedded store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline import generation as stages
+from pipeline.config import SelfplayConfig, load_config
+from pipeline.documents import Generation
+
+log = logging.getLogger(__name__)
+
+
+def task_runner(config: SelfplayConfig):
+    """The runner of the DFT fan-out: one slot per concurrent single point."""
+    resources = config.resources
+    if resources.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if resources.dask_address:
+            return DaskTaskRunner(address=resources.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": resources.dask_workers, "threads_per_worker": 1, "processes": True}
+        )
+    return ThreadPoolTaskRunner(max_workers=resources.dft_workers)
+
+
+@task(name="dft-single-point", cache_policy=NO_CACHE, tags=["dft"])
+def single_point_task(atoms, settings):
+    """One single point in its own process (killed at settings.time_limit): result or failure."""
+    from dft import single_point
+
+    return single_point(atoms, settings, isolate=True)
+
+
+def _prefect_labeller(config: SelfplayConfig, frames, progress: bool):
+    """Submit every frame as a task and yield outcomes as they complete (stored at once)."""
+    timeout = None if config.dft.time_limit is None else config.dft.time_limit * 2 + 300
+    runnable = single_point_task.with_options(retries=config.resources.dft_retries, timeout_seconds=timeout)
+    futures = {runnable.submit(frame.to_atoms(), config.dft): frame for frame in frames}
+    for future in as_completed(list(futures)):
+        yield futures[future], future.result()
+
+
+@flow(name="label", log_prints=False)
+def label_flow(config: SelfplayConfig, number: int) -> dict:
+    generation = Generation.objects.get(number=number)
+    return stages.run_stage(
+        generation, "label", lambda: stages.label_stage(config, generation, labeller=_prefect_labeller)
+    )
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(config: SelfplayConfig, number: int) -> dict:
+    generation = Generation.objects.get(number=number)
+    return stages.run_stage(generation, "train", lambda: stages.train_stage(config, generation))
+
+
+@task(name="explore", cache_policy=NO_CACHE)
+def explore_task(config: SelfplayConfig, number: int) -> dict:
+    generation = Generation.objects.get(number=number)
+    if stages.is_done(generation, "explore"):
+        return stages.stage_state(generation, "explore").get("result") or {}
+    model = stages.load_generation_model(config, generation)
+    return stages.run_stage(generation, "explore", lambda: stages.explore_stage(config, generation, model))
+
+
+@task(name="select", cache_policy=NO_CACHE)
+def select_task(config: SelfplayConfig, number: int) -> dict:
+    generation = Generation.objects.get(number=number)
+    return stages.run_stage(generation, "select", lambda: stages.select_stage(config, generation))
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(config: SelfplayConfig, number: int) -> dict:
+    generation = Generation.objects.get(number=number)
+    if not stages.is_done(generation, "report"):
+        model = stages.load_generation_model(config, generation)
+        stages.run_stage(generation, "report", lambda: stages.report_stage(config, generation, model))
+    generation.reload()
+    publish_artifacts(generation)
+    return stages.stage_state(generation, "report").get("result") or {}
+
+
+def publish_artifacts(generation: Generation) -> None:
+    """Per-element table and a markdown summary in the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    columns = ("explored", "accurate", "candidate", "failed", "selected", "labelled", "dft_failed")
+    rows = [
+        {"element": element, **{c: int(row.get(c, 0)) for c in columns}}
+        for element, row in sorted((generation.ledger or {}).items())
+    ]
+    key = f"generation-{generation.number}"
+    create_table_artifact(rows, key=f"{key}-elements", description=f"Generation {generation.number}: per-element ledger")
+    create_markdown_artifact(summary_markdown(generation), key=f"{key}-summary", description="Generation summary")
+
+
+def summary_markdown(generation: Generation) -> str:
+    counts = generation.counts or {}
+    model = (generation.metrics or {}).get("model") or {}
+    thresholds = generation.thresholds or {}
+    lines = [
+        f"# Generation {generation.number}",
+        "",
+        "| explored | accurate | candidate | failed | selected | labelled | DFT failed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| " + " | ".join(str(counts.get(k, 0)) for k in ("explored", "accurate", "candidate", "failed", "selected", "labelled", "dft_failed")) + " |",
+        "",
+        f"Trust window: lo = {thresholds.get('lo')} eV/Å, hi = {thresholds.get('hi')} eV/Å"
+        + (" (adaptive)" if thresholds.get("adaptive") else ""),
+    ]
+    if model:
+        lines.append(
+            f"Model error on the new labels: energy {model['energy_mae_per_atom'] * 1000:.1f} meV/atom, "
+            f"forces {model['force_mae']:.3f} eV/Å (MAE, {model['frames']} frames)"
+        )
+    else:
+        lines.append("No model explored this generation (cold start).")
+    return "\n".join(lines)
+
+
+@flow(name="generation", log_prints=False)
+def generation(
+    config_file: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    number: Optional[int] = None,
+    require_persistent_store: bool = True,
+) -> dict:
+    """One self-play generation: train → explore → select → label → report; resumable.
+
+    ``config_file`` is a YAML file (default: ``$SELFPLAY_CONFIG``); ``overrides`` are
+    top-level settings on top of it. Reruns continue the newest unfinished generation.
+    """
+    from pipeline.store import connect_from_config, current
+
+    config = load_config(config_file, **(overrides or {}))
+    info = current()
+    if info is None or not info.embedded or require_persistent_store:
+        connect_from_config(config, require_persistent=require_persistent_store)
+    record = stages.open_generation(config, number)
+    _record_flow_run(record)
+    number = record.number
+    try:
+        train_task(config, number)
+        explore_task(config, number)
+        select_task(config, number)
+        label_flow.with_options(task_runner=task_runner(config))(config, number)
+        result = report_task(config, number)
+    except BaseException as exc:
+        record.reload()
+        if record.status != "failed":
+            stages.fail_generation(record, "flow", exc)
+        raise
+    stages.finish_generation(record)
+    return {"generation": number, "status": "completed", **result}
+
+
+def _record_flow_run(record: Generation) -> None:
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    if run_id:
+        Generation.objects(id=record.id).update_one(set__prefect_flow_run_id=str(run_id))
+
+
+def ensure_ephemeral_timeout() -> None:
+    """A slow first start of Prefect's temporary server (busy 2-core machines) is no failure."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
