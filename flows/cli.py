@@ -65,6 +65,10 @@ def demo(
         f"selfplay demo: {generations} generations of {', '.join(config.elements)} on the embedded store, "
         f"DFT {config.dft.functional}/{config.dft.basis} with PySCF, output in {workdir}/"
     )
+    if prefect:
+        from flows.generation import prepare_local_prefect
+
+        prepare_local_prefect(home=str((workdir / ".prefect").resolve()))
     for _ in range(generations):
         number = _run_one(config, DEMO_CONFIG, {"workdir": str(workdir)}, prefect, require_persistent=False)
         _print_generation(number)
@@ -72,9 +76,9 @@ def demo(
 
 def _run_one(config, config_file: Optional[Path], overrides: dict, prefect: bool, require_persistent: bool) -> int:
     if prefect:
-        from flows.generation import ensure_ephemeral_timeout, generation
+        from flows.generation import generation, prepare_local_prefect
 
-        ensure_ephemeral_timeout()
+        prepare_local_prefect()
         result = generation(
             config_file=str(config_file) if config_file else None,
             overrides=overrides,

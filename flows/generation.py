@@ -179,6 +179,16 @@ def _record_flow_run(record: Generation) -> None:
         Generation.objects(id=record.id).update_one(set__prefect_flow_run_id=str(run_id))
 
 
-def ensure_ephemeral_timeout() -> None:
-    """A slow first start of Prefect's temporary server (busy 2-core machines) is no failure."""
+def prepare_local_prefect(home: Optional[str] = None) -> None:
+    """Settings for Prefect's temporary server when no PREFECT_API_URL is configured.
+
+    A slow first start (busy 2-core machines) is no failure, telemetry is off, and with
+    ``home`` its SQLite database lives there instead of being shared with other runs.
+    Must run before Prefect reads its settings.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if home is not None:
+        os.environ.setdefault("PREFECT_HOME", home)

@@ -216,4 +216,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m pipeline.cli` runs this file as __main__; run the imported module's app
+    # so that commands importing pipeline.cli see the same state.
+    from pipeline.cli import main as _imported_main
+
+    _imported_main()

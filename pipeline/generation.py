@@ -110,7 +110,7 @@ def complete_stage(generation: Generation, stage: str, started: float, result: d
         status="completed",
         finished_at=utcnow().isoformat(),
         seconds=round(time.perf_counter() - started, 3),
-        result=result,
+        result=_jsonable(result),
     )
     Generation.objects(id=generation.id).update_one(**{f"set__stages__{stage}": state})
     generation.reload()
@@ -307,7 +307,16 @@ def train_stage(config: SelfplayConfig, generation: Generation) -> dict:
 
 
 def _jsonable(value):
-    return json.loads(json.dumps(value, default=_json_default))
+    """JSON-able copy whose dict keys are valid field names on every server ("." and "$" are not)."""
+    return _safe_keys(json.loads(json.dumps(value, default=_json_default)))
+
+
+def _safe_keys(value):
+    if isinstance(value, dict):
+        return {str(k).replace(".", "_").lstrip("$"): _safe_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_safe_keys(v) for v in value]
+    return value
 
 
 def _database_structures(count: int, rng: np.random.Generator, elements: Iterable[str]) -> list[Atoms]:
@@ -439,12 +448,12 @@ def select_stage(config: SelfplayConfig, generation: Generation) -> dict:
     metrics = dict(generation.metrics or {})
     metrics["sigma_f_sample"] = [float(s) for s in sample]
     if len(sigma):
-        metrics["sigma_f_quantiles"] = {q: float(np.quantile(sigma, float(q))) for q in ("0.1", "0.5", "0.9", "0.99")}
+        metrics["sigma_f_quantiles"] = {f"q{round(q * 100)}": float(np.quantile(sigma, q)) for q in (0.1, 0.5, 0.9, 0.99)}
     Generation.objects(id=generation.id).update_one(
         set__ledger=_jsonable(result.ledger),
         set__counts=_jsonable(result.counts),
         set__thresholds={"lo": result.lo, "hi": result.hi, "adaptive": result.adaptive},
-        set__metrics=metrics,
+        set__metrics=_jsonable(metrics),
     )
     generation.reload()
     return {"counts": _jsonable(result.counts), "selected": len(result.selected), "sentinels": len(result.sentinels)}

@@ -1,0 +1,46 @@
+"""Frames and an independent PySCF reference for the dft tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.build import molecule
+
+
+def small_molecule(name: str) -> Atoms:
+    """H2O, CH4, NH3 from ASE's G2 set; HF, LiH, OH, AgH, HI as diatomics near equilibrium."""
+    diatomics = {"HF": ("HF", 0.92), "LiH": ("LiH", 1.60), "OH": ("OH", 0.97), "AgH": ("AgH", 1.62), "HI": ("HI", 1.61)}
+    if name in diatomics:
+        symbols, distance = diatomics[name]
+        return Atoms(symbols, positions=[[0.0, 0.0, 0.0], [0.0, 0.0, distance]])
+    atoms = molecule(name)
+    atoms.info.clear()
+    return atoms
+
+
+def silicon_pair() -> Atoms:
+    """Two Si atoms in the primitive diamond cell, the second one off its lattice site."""
+    a = 5.43
+    cell = np.array([[0.0, a / 2, a / 2], [a / 2, 0.0, a / 2], [a / 2, a / 2, 0.0]])
+    return Atoms("Si2", positions=[[0.0, 0.0, 0.0], [1.40, 1.33, 1.38]], cell=cell, pbc=True)
+
+
+def pyscf_reference(atoms: Atoms, xc: str = "pbe", spin: int = 0, charge: int = 0, conv_tol: float = 1e-9):
+    """An independently built PySCF DF-KS calculation: ``(e_tot Hartree, gradient Ha/Bohr)``."""
+    from pyscf import dft, gto
+
+    mol = gto.M(
+        atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+        unit="Angstrom",
+        basis="def2-svp",
+        ecp="def2-svp",
+        spin=spin,
+        charge=charge,
+        verbose=0,
+    )
+    mf = (dft.UKS if spin else dft.RKS)(mol, xc=xc).density_fit()
+    mf.grids.level = 3
+    mf.conv_tol = conv_tol
+    mf.kernel()
+    assert mf.converged
+    return mf.e_tot, mf.nuc_grad_method().kernel(), mol

@@ -1,0 +1,55 @@
+"""The Prefect flow in this process against a real Prefect server; the Dask fan-out."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.documents import Generation, Label
+
+from .helpers import TINY, assert_same_labels, label_table, tiny_config
+
+pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
+
+
+def labels_through(runner: str, tmp_path, database: str) -> dict:
+    from flows.generation import label_flow, task_runner
+    from pipeline.generation import run_generation
+    from pipeline.store import connect
+
+    connect(None, database=database)
+    config = tiny_config(tmp_path / runner, resources={"task_runner": runner, "dask_workers": 2, "dft_workers": 2})
+    record = run_generation(config, stop_after="select")
+    assert record.stages["select"]["status"] == "completed"
+    label_flow.with_options(task_runner=task_runner(config))(config, record.number)
+    record.reload()
+    assert record.stages["label"]["status"] == "completed"
+    return label_table(config.dft.theory_key())
+
+
+def test_dask_task_runner_gives_the_same_labels(prefect_api, tmp_path):
+    pytest.importorskip("prefect_dask")
+    threads = labels_through("threads", tmp_path, "runner-threads")
+    dask = labels_through("dask", tmp_path, "runner-dask")
+    assert len(threads) > 0
+    assert_same_labels(threads, dask)
+
+
+def test_generation_flow_on_the_embedded_store(prefect_api, embedded_store, tmp_path):
+    from flows.generation import generation
+
+    result = generation(
+        config_file=str(TINY), overrides={"workdir": str(tmp_path)}, require_persistent_store=False
+    )
+    assert result["generation"] == 0 and result["status"] == "completed"
+    record = Generation.objects.get(number=0)
+    assert record.status == "completed" and record.prefect_flow_run_id
+    assert all(record.stages[s]["status"] == "completed" for s in ("train", "explore", "select", "label", "report"))
+    assert Label.objects(generation=0).count() == record.counts["labelled"] > 0
+
+
+def test_flow_refuses_the_embedded_store_when_data_must_persist(prefect_api, tmp_path):
+    from flows.generation import generation
+    from pipeline.errors import StoreError
+
+    with pytest.raises(StoreError, match="no MongoDB configured"):
+        generation(config_file=str(TINY), overrides={"workdir": str(tmp_path)})
