@@ -282,9 +282,11 @@ def train_stage(config: SelfplayConfig, generation: Generation) -> dict:
     warm_start = fetch_model(previous, model_cache_dir(config)) if previous is not None else None
     out_dir = Path(config.workdir) / "training" / f"gen-{generation.number:04d}"
     training = config.training.model_copy(update={"seed": stage_seed(config, generation.number, "train")})
+    work_started = time.perf_counter()
     result = train_ensemble(
         frames, training, out_dir, model_config=config.model, warm_start=warm_start, device=_device(config)
     )
+    work_seconds = time.perf_counter() - work_started
     counts: dict[str, int] = defaultdict(int)
     for atoms in frames:
         for element in set(atoms.get_chemical_symbols()):
@@ -303,7 +305,13 @@ def train_stage(config: SelfplayConfig, generation: Generation) -> dict:
     )
     Generation.objects(id=generation.id).update_one(set__model_version=model)
     generation.reload()
-    return {"model": model.name, "frames": len(frames), "warm_start": previous.name if previous else None, **summary}
+    return {
+        "model": model.name,
+        "frames": len(frames),
+        "warm_start": previous.name if previous else None,
+        "work_seconds": work_seconds,
+        **summary,
+    }
 
 
 def _jsonable(value):
@@ -392,7 +400,9 @@ def _all_elements() -> list[str]:
 
 
 def explore_stage(config: SelfplayConfig, generation: Generation, model) -> dict:
+    work_started = time.perf_counter()
     frames, report = explore(config, generation.number, model)
+    work_seconds = time.perf_counter() - work_started
     payload = pack_frames(frames)
     generation.reload()
     if generation.explored:
@@ -400,7 +410,13 @@ def explore_stage(config: SelfplayConfig, generation: Generation, model) -> dict
     generation.explored.put(payload, filename=f"gen-{generation.number:04d}-explored.npz")
     generation.save()
     sigma = [a.info.get("sigma_f") for a in frames if a.info.get("sigma_f") is not None]
-    return {"frames": len(frames), "scored": len(sigma), "samplers": report, "archive_bytes": len(payload)}
+    return {
+        "frames": len(frames),
+        "scored": len(sigma),
+        "samplers": report,
+        "archive_bytes": len(payload),
+        "work_seconds": work_seconds,
+    }
 
 
 def explored_frames(generation: Generation) -> list[Atoms]:
@@ -517,14 +533,31 @@ def label_stage(
     pending = frames_to_label(config, generation)
     labeller = labeller or label_with_processes
     new = {"labelled": 0, "failed": 0}
-    for frame, outcome in labeller(config, pending, progress):
+    # Time waiting for DFT outcomes is the work; storing them is overhead.
+    outcomes = iter(labeller(config, pending, progress))
+    work_seconds = 0.0
+    while True:
+        waited = time.perf_counter()
+        try:
+            frame, outcome = next(outcomes)
+        except StopIteration:
+            work_seconds += time.perf_counter() - waited
+            break
+        work_seconds += time.perf_counter() - waited
         new[store_outcome(config, generation, frame, outcome)] += 1
     theory = config.dft.theory_key()
     picked = Frame.objects(generation=generation.number, selected_as__in=["candidate", "sentinel"]).count()
     labelled = Label.objects(generation=generation.number, theory=theory).count()
     failed = Failure.objects(generation=generation.number, theory=theory).count()
     fraction = labelled / picked if picked else 1.0
-    result = {"picked": picked, "labelled": labelled, "failed": failed, "new": new, "labelled_fraction": fraction}
+    result = {
+        "picked": picked,
+        "labelled": labelled,
+        "failed": failed,
+        "new": new,
+        "labelled_fraction": fraction,
+        "work_seconds": work_seconds,
+    }
     if fraction < config.generation.min_labelled_fraction:
         raise GenerationFailed(
             f"generation {generation.number}: only {labelled} of {picked} frames labelled "

@@ -1,0 +1,600 @@
+"""Which explored frames are worth a DFT calculation: trust window, dedupe, diversity, cap.
+
+Every explored frame is scored by σ_F, the largest per-atom force deviation across the
+ensemble (eV/Å), and classified
+
+* ``accurate``  σ_F < lo   the model already knows this; a few become *sentinels*
+  (labelled anyway, to measure the model's true error on what it explores),
+* ``candidate`` lo ≤ σ_F < hi   worth labelling,
+* ``failed``    σ_F ≥ hi   too far out (usually unphysical) to be worth DFT,
+* ``unscored``  no σ_F (no model yet, e.g. generation 0): eligible like a candidate.
+
+Candidates then lose frames with bad geometry, exact duplicates (content hash) of each
+other and of frames already in the database, and near-duplicates (descriptor distance,
+same elements), and the rest are picked for diversity by farthest-point sampling on
+the model's descriptors, round-robin over elements from the rarest, up to a cap.
+
+All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
+:class:`FrameDecision` per input frame and the per-element ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, covalent_radii
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.atoms import MAX_Z, min_distance_ratio
+from pipeline.errors import ConfigError, InvalidStructure
+from pipeline.hashing import frame_hash
+from pipeline.ledger import element_ledger, frame_elements, totals
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("accurate", "candidate", "failed", "unscored")
+
+#: Why a candidate (or unscored frame) was not selected.
+DROP_REASONS = ("geometry", "duplicate-known", "duplicate-batch", "near-duplicate", "over-cap")
+
+
+class SelectionConfig(BaseModel):
+    """Trust window and picking rules (σ values in eV/Å)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lo: float = Field(0.05, gt=0, description="below: accurate (eV/Å)")
+    hi: float = Field(0.5, gt=0, description="at or above: failed (eV/Å)")
+    max_selected: int = Field(100, ge=0, description="per-generation cap on candidates sent to labelling")
+    per_element_balance: bool = Field(
+        True, description="share the cap round-robin over elements, rarest first, so rare chemistries get picks"
+    )
+    adaptive: bool = Field(False, description="derive lo/hi from quantiles of recent σ_F history")
+    lo_quantile: float = Field(0.5, ge=0, le=1, description="adaptive lo = this quantile of the history")
+    hi_quantile: float = Field(0.95, ge=0, le=1, description="adaptive hi = this quantile of the history")
+    lo_bounds: tuple[float, float] = Field((0.02, 0.25), description="adaptive lo is clipped to [min, max]")
+    hi_bounds: tuple[float, float] = Field((0.3, 2.0), description="adaptive hi is clipped to [min, max]")
+    min_history: int = Field(100, ge=1, description="fewer σ_F values than this: keep the fixed lo/hi")
+    min_covalent_ratio: float = Field(
+        0.5, ge=0, lt=2, description="geometry filter: closest pair / (sum of covalent radii) must reach this"
+    )
+    max_volume_per_atom: float = Field(200.0, gt=0, description="geometry filter for periodic cells (Å^3/atom)")
+    near_duplicate_distance: float | None = Field(
+        None, ge=0, description="absolute descriptor distance below which same-element frames are near-duplicates"
+    )
+    near_duplicate_relative: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="if no absolute distance: this fraction of the median descriptor distance between "
+        "same-element candidates",
+    )
+    sentinel_count: int = Field(0, ge=0, description="accurate frames picked at random for labelling anyway")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SelectionConfig":
+        if self.lo >= self.hi:
+            raise ValueError(f"lo ({self.lo}) must be below hi ({self.hi})")
+        for name in ("lo_bounds", "hi_bounds"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must satisfy 0 < min <= max (got {low}, {high})")
+        if self.lo_bounds[1] >= self.hi_bounds[0]:
+            raise ValueError(
+                f"lo_bounds max ({self.lo_bounds[1]}) must be below hi_bounds min ({self.hi_bounds[0]}) "
+                "so that adaptive lo stays below hi"
+            )
+        if self.lo_quantile >= self.hi_quantile:
+            raise ValueError(f"lo_quantile ({self.lo_quantile}) must be below hi_quantile ({self.hi_quantile})")
+        return self
+
+
+def selection_config(**values) -> SelectionConfig:
+    """Build a :class:`SelectionConfig`, turning validation problems into one-line ConfigErrors."""
+    from pydantic import ValidationError
+
+    try:
+        return SelectionConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"selection config: {where + ': ' if where else ''}{message}") from None
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def sigma_f(force_deviation: np.ndarray | Sequence[float] | None) -> float:
+    """σ_F of one frame: the largest per-atom force deviation (NaN when there is none)."""
+    if force_deviation is None:
+        return float("nan")
+    values = np.asarray(force_deviation, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        return float("nan")
+    return float(values.max())
+
+
+def frame_sigma_f(atoms: Atoms) -> float:
+    """σ_F from ``arrays['force_deviation']``, else ``info['sigma_f']``, else NaN."""
+    if "force_deviation" in atoms.arrays:
+        return sigma_f(atoms.arrays["force_deviation"])
+    value = atoms.info.get("sigma_f")
+    return float("nan") if value is None else float(value)
+
+
+def classify(sigma: np.ndarray | Sequence[float], lo: float, hi: float) -> np.ndarray:
+    """Class of each frame: accurate (σ < lo), candidate (lo ≤ σ < hi), failed (σ ≥ hi), unscored (NaN)."""
+    if not lo < hi:
+        raise ConfigError(f"trust window needs lo < hi (got lo={lo}, hi={hi})")
+    sigma = np.asarray(sigma, dtype=np.float64).reshape(-1)
+    classes = np.full(sigma.shape, "unscored", dtype=object)
+    scored = np.isfinite(sigma) | np.isposinf(sigma)
+    classes[scored & (sigma < lo)] = "accurate"
+    classes[scored & (sigma >= lo) & (sigma < hi)] = "candidate"
+    classes[scored & (sigma >= hi)] = "failed"
+    return classes
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    lo: float
+    hi: float
+    adaptive: bool  # True when lo/hi came from the history
+    n_history: int
+
+
+def resolve_thresholds(config: SelectionConfig, history: Sequence[float] | np.ndarray | None = None) -> Thresholds:
+    """lo/hi for this batch: the configured ones, or quantiles of recent σ_F clipped to bounds.
+
+    With ``config.adaptive`` and at least ``config.min_history`` finite values in
+    ``history``, lo = clip(quantile(history, lo_quantile), lo_bounds) and likewise hi;
+    the bounds are validated disjoint, so lo < hi always holds.
+    """
+    values = np.asarray([] if history is None else history, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if not config.adaptive or values.size < config.min_history:
+        return Thresholds(config.lo, config.hi, False, int(values.size))
+    lo = float(np.clip(np.quantile(values, config.lo_quantile), *config.lo_bounds))
+    hi = float(np.clip(np.quantile(values, config.hi_quantile), *config.hi_bounds))
+    return Thresholds(lo, hi, True, int(values.size))
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def geometry_problem(
+    atoms: Atoms, min_covalent_ratio: float = 0.5, max_volume_per_atom: float | None = 200.0
+) -> str | None:
+    """Why ``atoms`` is unphysical (one line), or None when it is fine.
+
+    Checks: non-finite positions or cell, a pair closer than ``min_covalent_ratio`` times
+    the sum of covalent radii (periodic images included), a degenerate or exploded
+    periodic cell (volume per atom above ``max_volume_per_atom``).
+    """
+    if len(atoms) == 0:
+        return "no atoms"
+    numbers = np.asarray(atoms.numbers)
+    if numbers.min() < 1 or numbers.max() > MAX_Z:
+        return f"atomic number outside 1..{MAX_Z}"
+    if not np.all(np.isfinite(atoms.positions)):
+        return "positions contain NaN or infinite values"
+    if not np.all(np.isfinite(atoms.cell.array)):
+        return "cell contains NaN or infinite values"
+    if atoms.pbc.all():
+        volume = abs(float(np.linalg.det(atoms.cell.array)))
+        if volume < 1e-6:
+            return "periodic cell has zero volume"
+        if max_volume_per_atom is not None and volume / len(atoms) > max_volume_per_atom:
+            return f"cell exploded ({volume / len(atoms):.1f} Å^3/atom > {max_volume_per_atom})"
+    dmin, ratio = min_distance_ratio(atoms)
+    if ratio < min_covalent_ratio:
+        return f"atoms too close ({dmin:.3f} Å = {ratio:.2f} x sum of covalent radii < {min_covalent_ratio})"
+    return None
+
+
+# ----------------------------------------------------------------------------- descriptors
+
+#: Bins of d / (r_cov,i + r_cov,j) for the model-free fingerprint.
+_FINGERPRINT_BINS = np.linspace(0.5, 2.0, 16)
+
+
+def structure_fingerprint(atoms: Atoms) -> np.ndarray:
+    """A model-free descriptor for frames that carry none from the model.
+
+    Composition fractions over Z = 1..83, followed by the per-atom histogram of pair
+    distances in units of the summed covalent radii (0.5-2.0). Invariant to rotation,
+    translation, permutation and supercell choice; good enough to tell structures of one
+    trajectory apart from each other and from other chemistries.
+    """
+    from ase.neighborlist import neighbor_list
+
+    n = len(atoms)
+    composition = np.bincount(atoms.numbers, minlength=MAX_Z + 1)[1:].astype(np.float64) / max(n, 1)
+    histogram = np.zeros(len(_FINGERPRINT_BINS) - 1)
+    if n > 1 or atoms.pbc.any():
+        radii = covalent_radii[atoms.numbers]
+        cutoff = float(2.0 * 2 * radii.max())
+        i, j, d = neighbor_list("ijd", atoms, cutoff)
+        ratio = d / (radii[i] + radii[j])
+        histogram = np.histogram(ratio, bins=_FINGERPRINT_BINS)[0].astype(np.float64) / n
+    return np.concatenate([composition, histogram])
+
+
+def frame_descriptors(frames: Sequence[Atoms]) -> tuple[np.ndarray, str]:
+    """Descriptor matrix of ``frames`` and where it came from ("model" or "fingerprint").
+
+    The model's ``info['descriptor']`` is used when every frame has one of one length;
+    otherwise every frame gets :func:`structure_fingerprint` (mixing the two spaces would
+    make distances meaningless).
+    """
+    if not frames:
+        return np.zeros((0, 0)), "model"
+    model = [frame.info.get("descriptor") for frame in frames]
+    if all(d is not None for d in model):
+        arrays = [np.asarray(d, dtype=np.float64).reshape(-1) for d in model]
+        if len({a.size for a in arrays}) == 1 and all(np.all(np.isfinite(a)) for a in arrays):
+            return np.stack(arrays), "model"
+    return np.stack([structure_fingerprint(frame) for frame in frames]), "fingerprint"
+
+
+# ----------------------------------------------------------------------------- picking
+
+
+def _distances_to(descriptors: np.ndarray, index: int) -> np.ndarray:
+    return np.linalg.norm(descriptors - descriptors[index], axis=1)
+
+
+def farthest_point_sampling(
+    descriptors: np.ndarray,
+    k: int,
+    groups: Sequence[Iterable[str]] | None = None,
+    priority: np.ndarray | None = None,
+) -> list[int]:
+    """Pick ``k`` rows of ``descriptors`` spread as far apart as possible.
+
+    The first pick is the row of highest ``priority`` (e.g. σ_F; ties: lowest index);
+    every later pick is the row farthest from all picks so far. With ``groups`` (the
+    elements of each row), picks go round-robin over elements ordered from the rarest
+    (fewest rows) to the most common, each turn taking the farthest row that contains
+    that element, so that a rare element gets its share of the cap instead of being
+    crowded out by abundant ones. Returns indices in pick order.
+    """
+    descriptors = np.asarray(descriptors, dtype=np.float64)
+    n = len(descriptors)
+    if descriptors.ndim != 2:
+        raise ValueError(f"descriptors must be a 2-d array, got shape {descriptors.shape}")
+    priority = np.zeros(n) if priority is None else np.nan_to_num(np.asarray(priority, dtype=np.float64), nan=-np.inf)
+    k = min(int(k), n)
+    if k <= 0:
+        return []
+    if groups is None:
+        members = {"": np.arange(n)}
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{len(groups)} element groups for {n} descriptors")
+        by_element: dict[str, list[int]] = {}
+        for index, elements in enumerate(groups):
+            for element in set(elements):
+                by_element.setdefault(element, []).append(index)
+        members = {e: np.asarray(rows) for e, rows in by_element.items()}
+    # Rarest first; ties in order of atomic number so that the result is deterministic.
+    turn_order = sorted(members, key=lambda e: (len(members[e]), atomic_numbers.get(e, 0), e))
+    available = np.ones(n, dtype=bool)
+    distance = np.full(n, np.inf)
+    picks: list[int] = []
+    while len(picks) < k:
+        progressed = False
+        for element in turn_order:
+            if len(picks) >= k:
+                break
+            rows = members[element][available[members[element]]]
+            if rows.size == 0:
+                continue
+            if not picks:
+                best = rows[np.argmax(priority[rows])]
+            else:
+                # Farthest from the picks; ties broken by priority, then by index.
+                far = distance[rows]
+                tied = rows[far >= far.max()]
+                best = tied[np.argmax(priority[tied])]
+            picks.append(int(best))
+            available[best] = False
+            distance = np.minimum(distance, _distances_to(descriptors, best))
+            progressed = True
+        if not progressed:
+            break
+    return picks
+
+
+def near_duplicates(
+    descriptors: np.ndarray,
+    groups: Sequence[Iterable[str]],
+    order: Sequence[int],
+    distance: float | None = None,
+    relative: float = 0.05,
+) -> dict[int, tuple[int, float]]:
+    """Rows that lie within a small descriptor distance of an earlier kept row with the same elements.
+
+    Rows are visited in ``order`` (e.g. by decreasing σ_F): a row is kept unless it is
+    closer than the threshold to a row kept before it; dropped rows map to
+    ``(kept row, distance)``. The threshold is ``distance`` when given, else
+    ``relative`` times the median distance between rows with the same elements (so it
+    scales with whatever units the model's descriptors have).
+    """
+    descriptors = np.asarray(descriptors, dtype=np.float64)
+    keys = [tuple(sorted(set(g))) for g in groups]
+    by_group: dict[tuple, list[int]] = {}
+    for row in order:
+        by_group.setdefault(keys[row], []).append(int(row))
+    threshold = distance
+    if threshold is None:
+        samples = []
+        rng = np.random.default_rng(0)  # subsampling only, for very large groups
+        for rows in by_group.values():
+            if len(rows) < 2:
+                continue
+            sub = np.asarray(rows)
+            if sub.size > 1000:
+                sub = rng.choice(sub, 1000, replace=False)
+            block = descriptors[sub]
+            d = np.linalg.norm(block[:, None, :] - block[None, :, :], axis=-1)
+            samples.append(d[np.triu_indices(len(sub), 1)])
+        if not samples:
+            return {}
+        threshold = relative * float(np.median(np.concatenate(samples)))
+    dropped: dict[int, tuple[int, float]] = {}
+    if threshold <= 0:
+        return dropped
+    for rows in by_group.values():
+        kept: list[int] = []
+        for row in rows:
+            if kept:
+                d = np.linalg.norm(descriptors[kept] - descriptors[row], axis=1)
+                nearest = int(np.argmin(d))
+                if d[nearest] < threshold:
+                    dropped[row] = (kept[nearest], float(d[nearest]))
+                    continue
+            kept.append(row)
+    return dropped
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass
+class FrameDecision:
+    """What selection decided about one explored frame."""
+
+    index: int
+    hash: str
+    elements: list[str]
+    sigma_f: float | None
+    cls: str  # accurate / candidate / failed / unscored
+    selected_as: str | None = None  # "candidate", "sentinel" or None
+    reason: str | None = None  # one of DROP_REASONS for eligible frames not selected
+    detail: str | None = None
+
+
+@dataclass
+class SelectionResult:
+    lo: float
+    hi: float
+    adaptive: bool
+    descriptor_source: str
+    decisions: list[FrameDecision]
+    selected: list[int]  # indices, in pick order
+    sentinels: list[int]
+    ledger: dict[str, dict[str, int]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def picked_frames(self, frames: Sequence[Atoms]) -> list[Atoms]:
+        """Copies of the selected then sentinel frames, with ``info['selected_as']`` and σ_F."""
+        out = []
+        for index, role in [(i, "candidate") for i in self.selected] + [(i, "sentinel") for i in self.sentinels]:
+            frame = frames[index].copy()
+            frame.info["selected_as"] = role
+            frame.info["frame_hash"] = self.decisions[index].hash
+            out.append(frame)
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-able record (strict JSON: non-finite σ_F become None, the class still tells)."""
+        decisions = []
+        for decision in self.decisions:
+            record = asdict(decision)
+            if record["sigma_f"] is not None and not np.isfinite(record["sigma_f"]):
+                record["sigma_f"] = None
+            decisions.append(record)
+        return {
+            "thresholds": {"lo": self.lo, "hi": self.hi, "adaptive": self.adaptive},
+            "descriptor_source": self.descriptor_source,
+            "selected": list(self.selected),
+            "sentinels": list(self.sentinels),
+            "counts": dict(self.counts),
+            "ledger": {e: dict(row) for e, row in self.ledger.items()},
+            "decisions": decisions,
+        }
+
+
+def select_arrays(
+    sigma: Sequence[float] | np.ndarray,
+    element_sets: Sequence[Iterable[str]],
+    hashes: Sequence[str],
+    descriptors: np.ndarray,
+    config: SelectionConfig,
+    *,
+    geometry_problems: Sequence[str | None] | None = None,
+    known_hashes: Collection[str] = (),
+    history: Sequence[float] | np.ndarray | None = None,
+    seed: int = 0,
+    descriptor_source: str = "model",
+) -> SelectionResult:
+    """The selection on plain arrays (one entry per explored frame); see the module docstring.
+
+    ``geometry_problems[i]`` is None for a physically sane frame, else the reason;
+    ``known_hashes`` are content hashes of frames already in the database; ``history``
+    is recent σ_F for adaptive thresholds; ``seed`` drives the sentinel draw.
+    """
+    sigma = np.asarray(sigma, dtype=np.float64).reshape(-1)
+    n = len(sigma)
+    element_sets = [sorted(set(e), key=lambda s: atomic_numbers.get(s, 0)) for e in element_sets]
+    if not (len(element_sets) == len(hashes) == len(descriptors) == n):
+        raise ValueError(
+            f"selection inputs differ in length: {n} σ_F, {len(element_sets)} element sets, "
+            f"{len(hashes)} hashes, {len(descriptors)} descriptors"
+        )
+    problems = list(geometry_problems) if geometry_problems is not None else [None] * n
+    thresholds = resolve_thresholds(config, history)
+    classes = classify(sigma, thresholds.lo, thresholds.hi)
+    decisions = [
+        FrameDecision(
+            index=i,
+            hash=hashes[i],
+            elements=list(element_sets[i]),
+            sigma_f=float(sigma[i]) if np.isfinite(sigma[i]) or np.isposinf(sigma[i]) else None,
+            cls=str(classes[i]),
+        )
+        for i in range(n)
+    ]
+    known = set(known_hashes)
+
+    def drop(i: int, reason: str, detail: str) -> None:
+        decisions[i].reason = reason
+        decisions[i].detail = detail
+
+    # Hash duplicates are resolved over all frames in input order, so that a candidate
+    # repeated later in the batch is dropped whatever its class.
+    first_seen: dict[str, int] = {}
+    duplicate_of: dict[int, int] = {}
+    for i, h in enumerate(hashes):
+        if h in first_seen:
+            duplicate_of[i] = first_seen[h]
+        else:
+            first_seen[h] = i
+
+    def passes_filters(i: int) -> bool:
+        if problems[i] is not None:
+            drop(i, "geometry", problems[i])
+            return False
+        if hashes[i] in known:
+            drop(i, "duplicate-known", "frame already in the database")
+            return False
+        if i in duplicate_of:
+            drop(i, "duplicate-batch", f"same content hash as frame {duplicate_of[i]}")
+            return False
+        return True
+
+    eligible = [i for i in range(n) if classes[i] in ("candidate", "unscored") and passes_filters(i)]
+    # Most uncertain first: of two near-duplicates the more informative one is kept.
+    by_sigma = sorted(eligible, key=lambda i: (-np.nan_to_num(sigma[i], nan=np.inf), i))
+    near = near_duplicates(
+        descriptors,
+        element_sets,
+        by_sigma,
+        distance=config.near_duplicate_distance,
+        relative=config.near_duplicate_relative,
+    ) if len(eligible) > 1 else {}
+    for i, (kept, distance) in near.items():
+        drop(i, "near-duplicate", f"descriptor distance {distance:.4g} to frame {kept}")
+    pool = [i for i in by_sigma if i not in near]
+    pool_sigma = np.nan_to_num(sigma[pool], nan=np.inf) if pool else np.zeros(0)
+    picks_local = farthest_point_sampling(
+        np.asarray(descriptors, dtype=np.float64)[pool] if pool else np.zeros((0, 1)),
+        config.max_selected,
+        groups=[element_sets[i] for i in pool] if config.per_element_balance else None,
+        priority=pool_sigma,
+    )
+    selected = [pool[j] for j in picks_local]
+    for i in selected:
+        decisions[i].selected_as = "candidate"
+    chosen = set(selected)
+    for i in pool:
+        if i not in chosen:
+            drop(i, "over-cap", f"cap of {config.max_selected} reached")
+
+    sentinels: list[int] = []
+    if config.sentinel_count:
+        accurate = [
+            i
+            for i in range(n)
+            if classes[i] == "accurate" and problems[i] is None and hashes[i] not in known and i not in duplicate_of
+        ]
+        if accurate:
+            rng = np.random.default_rng(seed)
+            count = min(config.sentinel_count, len(accurate))
+            sentinels = sorted(int(i) for i in rng.choice(accurate, size=count, replace=False))
+            for i in sentinels:
+                decisions[i].selected_as = "sentinel"
+
+    is_selected = [d.selected_as == "candidate" for d in decisions]
+    is_sentinel = [d.selected_as == "sentinel" for d in decisions]
+    ledger = element_ledger(element_sets, [d.cls for d in decisions], is_selected, is_sentinel)
+    counts = totals([d.cls for d in decisions], is_selected, is_sentinel)
+    log.info(
+        "selection: %d frames, lo=%.3g hi=%.3g%s: %s",
+        n,
+        thresholds.lo,
+        thresholds.hi,
+        " (adaptive)" if thresholds.adaptive else "",
+        counts,
+    )
+    return SelectionResult(
+        lo=thresholds.lo,
+        hi=thresholds.hi,
+        adaptive=thresholds.adaptive,
+        descriptor_source=descriptor_source,
+        decisions=decisions,
+        selected=selected,
+        sentinels=sentinels,
+        ledger=ledger,
+        counts=counts,
+    )
+
+
+def select_frames(
+    frames: Sequence[Atoms],
+    config: SelectionConfig,
+    *,
+    known_hashes: Collection[str] = (),
+    history: Sequence[float] | np.ndarray | None = None,
+    seed: int = 0,
+    descriptors: np.ndarray | None = None,
+) -> SelectionResult:
+    """Select from explored frames (``arrays['force_deviation']`` / ``info['sigma_f']``, ``info['descriptor']``).
+
+    Frames without any σ_F are "unscored". ``descriptors`` overrides the frames' own
+    (one row per frame); without either, a model-free fingerprint is used.
+    """
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, Atoms):
+            raise InvalidStructure(f"frame {index}: expected ase.Atoms, got {type(frame).__name__}")
+        if len(frame) == 0:
+            raise InvalidStructure(f"frame {index}: structure has no atoms")
+    sigma = np.array([frame_sigma_f(frame) for frame in frames], dtype=np.float64)
+    if descriptors is None:
+        descriptors, source = frame_descriptors(frames)
+    else:
+        descriptors = np.asarray(descriptors, dtype=np.float64)
+        source = "given"
+        if len(descriptors) != len(frames):
+            raise ValueError(f"{len(descriptors)} descriptors for {len(frames)} frames")
+    problems = [
+        geometry_problem(frame, config.min_covalent_ratio, config.max_volume_per_atom) for frame in frames
+    ]
+    return select_arrays(
+        sigma,
+        [frame_elements(frame.numbers) for frame in frames],
+        [frame_hash(frame) for frame in frames],
+        descriptors if len(frames) else np.zeros((0, 1)),
+        config,
+        geometry_problems=problems,
+        known_hashes=known_hashes,
+        history=history,
+        seed=seed,
+        descriptor_source=source,
+    )

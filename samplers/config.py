@@ -1,0 +1,42 @@
+"""Shared pieces of the sampler configurations.
+
+Every sampler has a pydantic model with ``extra="forbid"`` (so that the lead can nest
+them in the one top-level configuration); :func:`parse_config` builds one and turns the
+first validation problem into a one-line :class:`~pipeline.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from pipeline.atoms import symbols_to_numbers
+from pipeline.errors import ConfigError, SelfplayError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def check_elements(symbols: list[str]) -> list[str]:
+    """Validated element set: non-empty, known symbols H..Bi, duplicates removed (order kept)."""
+    if not symbols:
+        raise ValueError("element set is empty; give at least one element (H..Bi)")
+    symbols_to_numbers(symbols)  # raises InvalidStructure naming the bad symbol
+    return list(dict.fromkeys(symbols))
+
+
+def parse_config(cls: type[ConfigT], what: str | None = None, **values: Any) -> ConfigT:
+    """``cls(**values)``, or a one-line ConfigError naming the field and the problem."""
+    name = what or cls.__name__
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        where = f" field '{field}':" if field else ""
+        raise ConfigError(f"{name}:{where} {message}") from None
+    except SelfplayError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
