@@ -88,12 +88,37 @@ def _preload_libraries(plan: FramePlan, settings: DFTSettings) -> None:
                 pass
 
 
+PARENT_PID_VARIABLE = "SELFPLAY_DFT_PARENT_PID"
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the process that started it dies.
+
+    A flow killed mid-batch (crash, cancellation, node failure of the driver) must not
+    leave single points running for hours with nobody to store their results.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not glibc: the time limit still bounds the orphan
+        return
+    if os.environ.get(PARENT_PID_VARIABLE) not in (None, str(os.getppid())):
+        os._exit(1)  # the parent died before prctl took effect: we were re-parented
+
+
 def worker_entry() -> None:
     """``python -m dft._worker FD``: read the job from stdin, report on file descriptor FD.
 
     A plain subprocess rather than ``multiprocessing``: a spawned multiprocessing child
     re-runs the caller's ``__main__``, which breaks scripts without a main guard.
     """
+    _die_with_parent()
     conn = Connection(int(sys.argv[1]), readable=False)
     atoms, settings, plan, name = pickle.load(sys.stdin.buffer)
     _child_main(conn, atoms, settings, plan, name)
@@ -133,6 +158,7 @@ def _child_environment(threads: Optional[int], cuda_device: Optional[str], want_
         path = library_path_with_nvidia(env.get("LD_LIBRARY_PATH"))
         if path:
             env["LD_LIBRARY_PATH"] = path
+    env[PARENT_PID_VARIABLE] = str(os.getpid())
     # The worker imports this package the way this process did, installed or not.
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -70,3 +70,58 @@ def test_labelled_frame_carries_a_single_point_calculator():
     assert labelled is not water and water.calc is None
     assert labelled.get_potential_energy() == pytest.approx(result.energy)
     np.testing.assert_allclose(labelled.get_forces(), result.forces)
+
+
+def test_worker_dies_with_the_process_that_started_it(tmp_path):
+    """Killing the labelling process (a crashed flow) takes its DFT workers with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from ase.build import molecule
+            from dft import DFTSettings, label_frames
+            frames = [molecule("CH3CH2OH")]
+            settings = DFTSettings(basis="def2-TZVP", time_limit=600, threads=1)
+            for _ in label_frames(frames, settings, progress=False):
+                pass
+            """
+        )
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline and not workers:
+        time.sleep(0.2)
+        out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
+        workers = [int(line.split()[0]) for line in out.splitlines() if "dft._worker" in line and int(line.split()[1]) == driver.pid]
+    assert workers, "no worker process was started"
+
+    def cpu_seconds(pid):
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    # Kill only once the worker is inside the SCF (well past reading its job and imports).
+    while cpu_seconds(workers[0]) < 8:
+        assert time.time() < deadline + 120, "the worker never got to work"
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    # At once, not when the worker next writes to its closed result pipe (after an SCF
+    # that can take hours).
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        try:
+            os.kill(workers[0], 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(workers[0], signal.SIGKILL)
+    raise AssertionError("the DFT worker outlived its parent")
