@@ -174,6 +174,19 @@ def _known_hashes(path: Path | None) -> set[str]:
     return {frame_hash(frame) for frame in read_frames(path)}
 
 
+def _stored_hashes(frames) -> set[str]:
+    """Hashes of ``frames`` already stored, when a MongoDB is configured (else none)."""
+    from pipeline.cli import config as cli_config
+    from pipeline.hashing import frame_hash
+    from pipeline.store import connect_from_config, existing_hashes
+
+    settings = cli_config()
+    if settings.uri() is None:
+        return set()
+    connect_from_config(settings, require_persistent=True)
+    return existing_hashes(frame_hash(frame) for frame in frames)
+
+
 def select(
     input: Path = typer.Argument(..., help="extended XYZ of explored frames"),
     out: Path = typer.Option(..., "--out", help="extended XYZ of the frames picked for labelling"),
@@ -187,6 +200,9 @@ def select(
     seed: int = typer.Option(0, "--seed", help="seed of the sentinel draw"),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="share the cap over elements, rarest first"),
     report: Optional[Path] = typer.Option(None, "--report", help="JSON with every decision and the ledger"),
+    store: bool = typer.Option(
+        True, "--store/--no-store", help="also drop frames already in the configured MongoDB (when one is configured)"
+    ),
 ):
     """Classify explored frames by σ_F, dedupe, pick diverse candidates up to the cap, write them."""
     from pipeline.selection import select_frames, selection_config
@@ -194,7 +210,10 @@ def select(
 
     config = selection_config(lo=lo, hi=hi, max_selected=max, sentinel_count=sentinels, per_element_balance=balance)
     frames = read_frames(input)
-    result = select_frames(frames, config, known_hashes=_known_hashes(known), seed=seed)
+    known_hashes = _known_hashes(known)
+    if store:
+        known_hashes |= _stored_hashes(frames)
+    result = select_frames(frames, config, known_hashes=known_hashes, seed=seed)
     picked = result.picked_frames(frames)
     write_frames(out, picked)
     counts = result.counts

@@ -145,3 +145,25 @@ def test_bad_input_gives_clear_errors(tmp_path):
     for error in (ConfigError("a"), DataFileError("b")):
         assert isinstance(error, SelfplayError)
     assert split_elements(["Cu, Ni", "O"]) == ["Cu", "Ni", "O"]
+
+
+@pytest.mark.mongo
+def test_select_drops_frames_already_in_the_store(tmp_path, ensemble, server_store, monkeypatch):
+    from pipeline.store import add_frame
+
+    frames = list(sample_random(ensemble, RandomStructureConfig(elements=["Al"], min_atoms=3, max_atoms=5), 1, 5))
+    for frame in frames[:2]:
+        add_frame(frame, source="earlier")
+    explored, out = tmp_path / "e.xyz", tmp_path / "o.xyz"
+    write_frames(explored, frames)
+    sigma = sorted(f.info["sigma_f"] for f in frames)
+    monkeypatch.setenv("SELFPLAY_MONGODB_URI", server_store)
+    args = ["select", str(explored), "--out", str(out), "--lo", str(sigma[0] / 2), "--hi", str(sigma[-1] * 2)]
+    result = invoke(*args, "--report", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    decisions = json.loads((tmp_path / "r.json").read_text())["decisions"]
+    assert [d["reason"] for d in decisions[:2]] == ["duplicate-known", "duplicate-known"]
+    assert all(d["reason"] != "duplicate-known" for d in decisions[2:])
+    result = invoke(*args, "--no-store", "--report", str(tmp_path / "r2.json"))
+    decisions = json.loads((tmp_path / "r2.json").read_text())["decisions"]
+    assert all(d["reason"] != "duplicate-known" for d in decisions)
