@@ -1,0 +1,98 @@
+"""The static report: one file, nothing fetched from a network."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+
+from pipeline.dashboard.report import write_report
+
+from . import fixtures as F
+from .conftest import store_kind
+
+REPORT_GRAPHS = 16
+
+
+class ResourceCollector(HTMLParser):
+    """Every URL a browser would fetch while loading the page (scripts, styles, images, frames)."""
+
+    FETCHING = {"script": "src", "link": "href", "img": "src", "iframe": "src", "source": "src", "embed": "src",
+                "object": "data", "audio": "src", "video": "src"}  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self.scripts = 0
+        self.graphs = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        if tag == "div" and "plotly-graph-div" in (attrs.get("class") or ""):
+            self.graphs += 1
+        name = self.FETCHING.get(tag)
+        if name and attrs.get(name):
+            self.urls.append(attrs[name])
+
+
+def test_report_is_self_contained(embedded_store, tmp_path):
+    F.fill_store()
+    path = write_report(tmp_path / "out" / "report.html", env={"PREFECT_UI_URL": "http://127.0.0.1:4200"})
+    text = path.read_text(encoding="utf-8")
+    parser = ResourceCollector()
+    parser.feed(text)
+    assert parser.urls == []  # nothing to fetch: plotly.js and the data are inline
+    assert parser.graphs == REPORT_GRAPHS
+    assert "Plotly.newPlot" in text and path.stat().st_size > 3_000_000  # plotly.js itself is inlined
+    # the Prefect link is a plain hyperlink, not a resource
+    assert 'href="http://127.0.0.1:4200/runs/flow-run/0c0ffee0-0000-4000-8000-000000000001"' in text
+    assert not list(tmp_path.joinpath("out").glob(".report.html.*"))  # the temporary file was renamed
+
+
+def test_report_of_an_empty_store(embedded_store, tmp_path):
+    text = write_report(tmp_path / "empty.html").read_text(encoding="utf-8")
+    assert "no generations yet" in text and "no data yet" in text
+
+
+def test_report_to_an_unwritable_place_is_a_plain_error(embedded_store, tmp_path):
+    from pipeline.errors import DataFileError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DataFileError, match="cannot write report"):
+        write_report(blocker / "report.html")
+
+
+@pytest.mark.browser
+def test_report_renders_offline(browser, store, tmp_path, artifacts):
+    F.fill_store()
+    path = write_report(tmp_path / "report.html")
+    context = browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
+    requested = []
+
+    def refuse(route):
+        if not route.request.url.startswith("file://"):
+            requested.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    context.route("**/*", refuse)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(path.as_uri())
+    page.wait_for_function(
+        f"() => {{ const g = document.querySelectorAll('.js-plotly-plot');"
+        f" return g.length === {REPORT_GRAPHS} && [...g].every(d => d._fullLayout && d.querySelector('.main-svg')); }}",
+        timeout=30000,
+    )
+    cells = page.evaluate(
+        "() => document.getElementById('periodic-table').data[0].customdata.flat().filter(c => c && (c[2] || c[3]))"
+    )
+    assert {c[0]: (c[2], c[3]) for c in cells} == {"H": (3, 0), "C": (1, 0), "O": (1, 3), "Al": (2, 1), "Cu": (3, 2)}
+    page.screenshot(path=str(artifacts / f"report-{store_kind(store)}.png"), full_page=True)
+    context.close()
+    assert requested == [] and errors == []
