@@ -1,0 +1,408 @@
+"""Training of an ensemble in one pass: shared mini-batches, per-member bootstrap weights.
+
+Every member sees the same mini-batches (so the graph is built once per batch), but
+each member weights every frame by how often that frame occurs in the member's own
+bootstrap resample of the training set (0, 1, 2, ... times). That is the classical
+bootstrap expressed as frame weights; together with different initial weights it makes
+the members disagree where the data are thin.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from pipeline.errors import ConfigError, DataFileError
+from potential.checkpoint import load_ensemble, save_ensemble
+from potential.config import ModelConfig, TrainConfig
+from potential.data import Labels, fit_element_refs, frame_labels
+from potential.graph import FrameGraph, collate, frame_graph
+from potential.model import N_ELEMENTS, EnsemblePotential, build_ensemble, resolve_device
+
+log = logging.getLogger(__name__)
+
+VOIGT = ([0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1])
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    lr: float
+    train_loss: float
+    val_loss: float | None
+    val_energy_mae_per_atom: float | None  # eV/atom, ensemble mean prediction
+    val_force_mae: float | None  # eV/Å, mean |ΔF| over components
+    val_force_mae_per_element: dict[str, float] = field(default_factory=dict)
+    val_stress_mae: float | None = None  # eV/Å³
+    val_mean_force_deviation: float | None = None  # mean σ_i over validation atoms, eV/Å
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    ensemble: EnsemblePotential
+    metrics: list[EpochMetrics]
+    best_epoch: int
+    n_train: int
+    n_val: int
+    val_force_baseline_mae: float | None  # MAE of predicting the mean training force
+    out_dir: Path | None
+    seconds: float
+
+    @property
+    def best(self) -> EpochMetrics:
+        return next(m for m in self.metrics if m.epoch == self.best_epoch)
+
+    def summary(self) -> dict:
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.metrics),
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "val_force_baseline_mae": self.val_force_baseline_mae,
+            "best": asdict(self.best),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class _Sample:
+    graph: FrameGraph
+    labels: Labels
+    residual_energy: float = 0.0  # energy minus element references
+
+
+def _prepare(frames: list[Atoms], cutoff: float) -> list[_Sample]:
+    samples = []
+    for index, atoms in enumerate(frames):
+        name = f"training frame {index}"
+        labels = frame_labels(atoms, name)
+        samples.append(_Sample(graph=frame_graph(atoms, cutoff, name), labels=labels))
+    return samples
+
+
+class _Batch:
+    """Collated graph plus targets of a list of samples."""
+
+    def __init__(self, samples: list[_Sample], device, dtype):
+        self.graph = collate([s.graph for s in samples], device, dtype)
+        self.n_atoms = self.graph.n_atoms.to(torch.float64)
+        self.residual_energy = torch.tensor([s.residual_energy for s in samples], dtype=torch.float64, device=device)
+        self.forces = torch.as_tensor(np.concatenate([s.labels.forces for s in samples]), dtype=dtype, device=device)
+        has_stress = [s.labels.stress is not None for s in samples]
+        self.stress_mask = torch.tensor(has_stress, dtype=dtype, device=device)
+        self.any_stress = any(has_stress)
+        stress = np.stack([s.labels.stress if s.labels.stress is not None else np.zeros(6) for s in samples])
+        self.stress = torch.as_tensor(stress, dtype=dtype, device=device)
+        self.numbers = self.graph.numbers
+
+
+def _frame_errors(model: EnsemblePotential, batch: _Batch, create_graph: bool):
+    """Per member and frame: squared energy error per atom, summed squared force error,
+    mean squared stress error; plus the predictions (for metrics)."""
+    pred = model(batch.graph, forces=True, stress=batch.any_stress, create_graph=create_graph)
+    ref = pred.energy.new_zeros(batch.graph.n_structures).index_add_(
+        0, batch.graph.batch, model.element_refs[batch.graph.numbers]
+    )
+    learned = pred.energy - ref  # (K, B) float64
+    energy_sq = ((learned - batch.residual_energy) / batch.n_atoms) ** 2
+    diff = pred.forces - batch.forces
+    force_sq = (diff * diff).sum(-1)  # (K, N)
+    force_sq = force_sq.new_zeros(force_sq.shape[0], batch.graph.n_structures).index_add_(1, batch.graph.batch, force_sq)
+    stress_sq = None
+    stress_pred = None
+    if batch.any_stress:
+        volumes = torch.where(batch.graph.volumes > 0, batch.graph.volumes, torch.ones_like(batch.graph.volumes))
+        stress_pred = (pred.virial / volumes.view(1, -1, 1, 1))[:, :, VOIGT[0], VOIGT[1]]  # (K, B, 6)
+        stress_sq = ((stress_pred - batch.stress) ** 2).mean(-1) * batch.stress_mask
+    return energy_sq, force_sq, stress_sq, pred, stress_pred
+
+
+def _member_loss(cfg: TrainConfig, batch: _Batch, weights: torch.Tensor, errors) -> torch.Tensor:
+    """(K,) weighted loss of each member; ``weights`` (K, B) are bootstrap counts."""
+    energy_sq, force_sq, stress_sq = errors[:3]
+    w = weights.to(force_sq.dtype)
+    frames = w.sum(1).clamp(min=1e-12)
+    loss = cfg.energy_weight * (w.to(energy_sq.dtype) * energy_sq).sum(1).to(force_sq.dtype) / frames
+    atoms = (w * batch.n_atoms.to(w.dtype)).sum(1).clamp(min=1e-12)
+    loss = loss + cfg.force_weight * (w * force_sq).sum(1) / (3.0 * atoms)
+    if stress_sq is not None and cfg.stress_weight > 0:
+        labelled = (w * batch.stress_mask).sum(1).clamp(min=1e-12)
+        loss = loss + cfg.stress_weight * (w * stress_sq).sum(1) / labelled
+    return loss
+
+
+def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _batches(indices: np.ndarray, size: int) -> list[np.ndarray]:
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+@torch.no_grad()
+def _ema_update(ema: EnsemblePotential, model: EnsemblePotential, decay: float) -> None:
+    for target, source in zip(ema.parameters(), model.parameters()):
+        target.lerp_(source, 1.0 - decay)
+
+
+def _validate(model: EnsemblePotential, cfg: TrainConfig, samples: list[_Sample], device, batch_size: int) -> dict:
+    """Validation loss (mean over members) and metrics of the ensemble-mean prediction."""
+    loss_sum, loss_frames = 0.0, 0
+    e_abs, f_abs, f_count, s_abs, s_count, sigma_sum = 0.0, 0.0, 0, 0.0, 0, 0.0
+    per_element_abs: dict[int, float] = {}
+    per_element_count: dict[int, int] = {}
+    k = model.n_members
+    for chunk in _batches(np.arange(len(samples)), batch_size):
+        batch = _Batch([samples[i] for i in chunk], device, model.dtype)
+        errors = _frame_errors(model, batch, create_graph=False)
+        weights = torch.ones(k, len(chunk), device=device)
+        loss_sum += float(_member_loss(cfg, batch, weights, errors).detach().mean()) * len(chunk)
+        loss_frames += len(chunk)
+        pred, stress_pred = errors[3], errors[4]
+        learned = pred.energy.detach().mean(0)
+        ref = learned.new_zeros(batch.graph.n_structures).index_add_(
+            0, batch.graph.batch, model.element_refs[batch.graph.numbers]
+        )
+        e_abs += float((((learned - ref) - batch.residual_energy) / batch.n_atoms).abs().sum())
+        forces = pred.forces.detach()
+        mean_forces = forces.mean(0)
+        sigma_sum += float(((forces - mean_forces) ** 2).sum(-1).mean(0).sqrt().sum())
+        abs_err = (mean_forces - batch.forces).abs().to(torch.float64)  # (N, 3)
+        f_abs += float(abs_err.sum())
+        f_count += abs_err.numel()
+        numbers = batch.numbers
+        for z in torch.unique(numbers).tolist():
+            mask = numbers == z
+            per_element_abs[z] = per_element_abs.get(z, 0.0) + float(abs_err[mask].sum())
+            per_element_count[z] = per_element_count.get(z, 0) + int(mask.sum()) * 3
+        if stress_pred is not None:
+            mask = batch.stress_mask.bool()
+            s_abs += float((stress_pred.detach().mean(0)[mask] - batch.stress[mask]).abs().sum())
+            s_count += int(mask.sum()) * 6
+    n_atoms = f_count // 3
+    return {
+        "val_loss": loss_sum / max(1, loss_frames),
+        "val_energy_mae_per_atom": e_abs / max(1, loss_frames),
+        "val_force_mae": f_abs / max(1, f_count),
+        "val_force_mae_per_element": {
+            chemical_symbols[z]: per_element_abs[z] / per_element_count[z] for z in sorted(per_element_abs)
+        },
+        "val_stress_mae": s_abs / s_count if s_count else None,
+        "val_mean_force_deviation": sigma_sum / max(1, n_atoms),
+    }
+
+
+def train_ensemble(
+    frames: list[Atoms],
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    model_config: ModelConfig | None = None,
+    warm_start: str | Path | EnsemblePotential | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train an ensemble on labelled frames; returns the best (EMA) ensemble and metrics.
+
+    ``warm_start`` (a checkpoint directory or an ensemble) continues from earlier
+    weights; its architecture wins over ``model_config``. With ``out_dir`` the best
+    ensemble is saved there (``weights.safetensors`` + ``model.json``) with
+    ``metrics.json`` beside it.
+    """
+    cfg = config or TrainConfig()
+    started = time.perf_counter()
+    device = resolve_device(device)
+    if not frames:
+        raise DataFileError("no training frames")
+    rng = np.random.default_rng(cfg.seed)
+
+    if warm_start is not None:
+        model = warm_start if isinstance(warm_start, EnsemblePotential) else load_ensemble(warm_start, device)
+        model = copy.deepcopy(model).to(device)
+        if model.n_members != cfg.ensemble_size:
+            raise ConfigError(
+                f"warm start has {model.n_members} members but ensemble_size is {cfg.ensemble_size}"
+            )
+        if model_config is not None and model_config != model.config:
+            log.warning("warm start: keeping the checkpoint's architecture, ignoring the given model_config")
+        model_cfg = model.config
+    else:
+        model_cfg = model_config or ModelConfig()
+        model = None
+
+    frames = list(frames)
+    if cfg.max_frames is not None and len(frames) > cfg.max_frames:
+        keep = np.sort(rng.choice(len(frames), cfg.max_frames, replace=False))
+        frames = [frames[i] for i in keep]
+    samples = _prepare(frames, model_cfg.cutoff)
+
+    order = rng.permutation(len(samples))
+    n_val = int(round(cfg.val_fraction * len(samples)))
+    if cfg.val_fraction > 0 and len(samples) >= 5:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(samples) - 1)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train = [samples[i] for i in train_idx]
+    val = [samples[i] for i in val_idx]
+
+    refs = fit_element_refs([s.graph.numbers for s in train], np.array([s.labels.energy for s in train]), N_ELEMENTS)
+    missing = sorted({int(z) for s in val for z in s.graph.numbers} - {int(z) for s in train for z in s.graph.numbers})
+    if missing:
+        log.warning("validation frames contain elements absent from training: %s", [chemical_symbols[z] for z in missing])
+    for s in samples:
+        s.residual_energy = s.labels.energy - float(refs[s.graph.numbers].sum())
+
+    if model is None:
+        train_forces = np.concatenate([s.labels.forces for s in train])
+        force_rms = float(np.sqrt(np.mean(train_forces**2)))
+        residual_per_atom = np.array([s.residual_energy / s.graph.n_atoms for s in train])
+        scale = force_rms if force_rms > 1e-3 else float(max(np.std(residual_per_atom), 1e-2))
+        avg_neighbors = float(sum(len(s.graph.src) for s in train) / sum(s.graph.n_atoms for s in train))
+        model = build_ensemble(
+            model_cfg,
+            cfg.ensemble_size,
+            cfg.seed,
+            device=device,
+            element_refs=refs,
+            energy_scale=scale,
+            avg_num_neighbors=max(avg_neighbors, 1.0),
+        )
+    else:
+        model.set_element_refs(refs)
+
+    k = model.n_members
+    if cfg.bootstrap and k > 1:
+        counts = np.stack([rng.multinomial(len(train), np.full(len(train), 1.0 / len(train))) for _ in range(k)])
+    else:
+        counts = np.ones((k, len(train)))
+    counts_t = torch.as_tensor(counts, dtype=model.dtype, device=device)
+
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    val_batch = max(cfg.batch_size, 16)
+    train_mean_force = np.concatenate([s.labels.forces for s in train]).mean(0)
+    baseline = (
+        float(np.mean(np.abs(np.concatenate([s.labels.forces for s in val]) - train_mean_force))) if val else None
+    )
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    def out_of_time() -> bool:
+        return cfg.max_seconds is not None and time.perf_counter() - started > cfg.max_seconds
+
+    metrics: list[EpochMetrics] = []
+    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
+    step = 0
+    progress = Progress(
+        TextColumn("[bold]train[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not cfg.progress,
+        transient=True,
+    )
+    log.info(
+        "training %d members on %d frames (%d validation), %d epochs, device %s",
+        k, len(train), len(val), cfg.epochs, device,
+    )
+    with progress:
+        epochs_task = progress.add_task("epochs", total=cfg.epochs)
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            perm = rng.permutation(len(train))
+            loss_sum, seen = 0.0, 0
+            batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
+            for chunk in _batches(perm, cfg.batch_size):
+                lr = cfg.learning_rate * _lr_factor(step, total_steps, warmup, cfg.min_learning_rate_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = _Batch([train[i] for i in chunk], device, model.dtype)
+                errors = _frame_errors(model, batch, create_graph=True)
+                member_losses = _member_loss(cfg, batch, counts_t[:, torch.as_tensor(chunk, device=device)], errors)
+                loss = member_losses.sum()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at epoch {epoch} (loss {float(loss)})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip * math.sqrt(k))
+                optimizer.step()
+                _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                loss_sum += float(loss.detach()) / k * len(chunk)
+                step += 1
+                seen += len(chunk)
+                progress.advance(batch_task)
+                if out_of_time():
+                    break
+            progress.remove_task(batch_task)
+            train_loss = loss_sum / max(1, seen)
+            row = EpochMetrics(epoch, lr, train_loss, None, None, None)
+            if val:
+                for name, value in _validate(ema, cfg, val, device, val_batch).items():
+                    setattr(row, name, value)
+            monitored = row.val_loss if row.val_loss is not None else train_loss
+            row.seconds = time.perf_counter() - t0
+            metrics.append(row)
+            log.info(
+                "epoch %d lr %.2e train %.4g val %s force MAE %s",
+                epoch, lr, train_loss,
+                f"{row.val_loss:.4g}" if row.val_loss is not None else "-",
+                f"{row.val_force_mae:.4g}" if row.val_force_mae is not None else "-",
+            )
+            progress.update(
+                epochs_task,
+                advance=1,
+                description=f"loss {train_loss:.4g}"
+                + (f" val F-MAE {row.val_force_mae:.3g} eV/Å" if row.val_force_mae is not None else ""),
+            )
+            if monitored < best_loss:
+                best_loss, best_epoch, stale = monitored, epoch, 0
+                best_state = {n: t.detach().clone() for n, t in ema.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+                    break
+            if out_of_time():
+                log.info("training time budget of %.0f s used up at epoch %d", cfg.max_seconds, epoch)
+                break
+
+    ema.load_state_dict(best_state)
+    for p in ema.parameters():
+        p.requires_grad_(True)
+    ema.eval()
+    result = TrainResult(
+        ensemble=ema,
+        metrics=metrics,
+        best_epoch=best_epoch,
+        n_train=len(train),
+        n_val=len(val),
+        val_force_baseline_mae=baseline,
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        seconds=time.perf_counter() - started,
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        save_ensemble(ema, out, extra={"train_config": cfg.model_dump(), **result.summary()})
+        (out / "metrics.json").write_text(
+            json.dumps({"summary": result.summary(), "epochs": [asdict(m) for m in metrics]}, indent=2)
+        )
+    return result
