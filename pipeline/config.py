@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_validation_problem
 
 # Section models live next to the code they configure; this module composes them.
 from dft.settings import DFTSettings
@@ -182,9 +182,7 @@ class SelfplayConfig(BaseSettings):
             try:
                 build()
             except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+                where, message = first_validation_problem(exc)
                 raise ValueError(f"{name}.{where}: {message}") from None
         if not any(
             (explore.random.enabled and explore.random.count, explore.melt_quench.enabled and explore.melt_quench.trajectories,
@@ -219,10 +217,7 @@ class SelfplayConfig(BaseSettings):
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
+    field, message = first_validation_problem(error)
     value = first.get("input")
     shown = ""
     if first["type"] != "extra_forbidden" and not isinstance(value, (dict, list)) and "uri" not in field:

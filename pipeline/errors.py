@@ -38,3 +38,16 @@ class StoreUnavailable(StoreError):
 
 class DataFileError(SelfplayError):
     """A data file (import, export, training data) is unreadable or inconsistent."""
+
+
+def first_validation_problem(error) -> tuple[str, str]:
+    """``(dotted field path, message)`` of the first problem of a pydantic ValidationError.
+
+    The one place that turns pydantic's wording into ours: "unknown field" for extra
+    fields, no "Value error, " prefix.
+    """
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return field, "unknown field"
+    return field, first["msg"].removeprefix("Value error, ")

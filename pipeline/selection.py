@@ -30,7 +30,7 @@ from ase.data import atomic_numbers, covalent_radii
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.atoms import MAX_Z, min_distance_ratio
-from pipeline.errors import ConfigError, InvalidStructure
+from pipeline.errors import ConfigError, InvalidStructure, first_validation_problem
 from pipeline.hashing import frame_hash
 from pipeline.ledger import element_ledger, frame_elements, totals
 
@@ -100,9 +100,7 @@ def selection_config(**values) -> SelectionConfig:
     try:
         return SelectionConfig(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
+        where, message = first_validation_problem(exc)
         raise ConfigError(f"selection config: {where + ': ' if where else ''}{message}") from None
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from pipeline.atoms import symbols_to_numbers
-from pipeline.errors import ConfigError, SelfplayError
+from pipeline.errors import ConfigError, SelfplayError, first_validation_problem
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -31,11 +31,7 @@ def parse_config(cls: type[ConfigT], what: str | None = None, **values: Any) -> 
     try:
         return cls(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown field"
+        field, message = first_validation_problem(exc)
         where = f" field '{field}':" if field else ""
         raise ConfigError(f"{name}:{where} {message}") from None
     except SelfplayError as exc:
