@@ -17,7 +17,12 @@ def _console():
 
 
 def train(
-    data: List[Path] = typer.Option(..., "--data", help="Labelled frames: extxyz or HDF5 export (file or directory)."),
+    data: Optional[List[Path]] = typer.Option(
+        None, "--data", help="Labelled frames: extxyz or HDF5 export (file or directory); omit to train on the store."
+    ),
+    theory: Optional[List[str]] = typer.Option(
+        None, "--theory", help="With the store: only labels at these level-of-theory keys (default: all)."
+    ),
     out: Path = typer.Option(..., "--out", help="Directory for the trained ensemble (weights + model.json + metrics)."),
     epochs: int = typer.Option(60, "--epochs", min=1, help="Maximum training epochs."),
     ensemble: int = typer.Option(4, "--ensemble", min=1, help="Ensemble members."),
@@ -31,9 +36,18 @@ def train(
     from potential.data import read_frames
     from potential.train import train_ensemble
 
-    frames = [atoms for path in data for atoms in read_frames(path)]
-    if not frames:
-        raise DataFileError(f"no frames in {', '.join(map(str, data))}")
+    if data:
+        frames = [atoms for path in data for atoms in read_frames(path)]
+        if not frames:
+            raise DataFileError(f"no frames in {', '.join(map(str, data))}")
+    else:
+        from pipeline.cli import connect_store
+        from pipeline.export import iter_labelled
+
+        connect_store()  # the configured MongoDB; a plain error when none is configured
+        frames = list(iter_labelled(theories=theory or None))
+        if not frames:
+            raise DataFileError("the store holds no labelled frames" + (f" at {', '.join(theory)}" if theory else ""))
     try:
         config = TrainConfig(epochs=epochs, ensemble_size=ensemble, batch_size=batch_size, seed=seed)
     except ValueError as exc:

@@ -218,3 +218,29 @@ def test_gpu_matches_cpu(trained, emt_test_frames):
         assert a["energy"] == pytest.approx(b["energy"], rel=1e-5, abs=1e-4)
         np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-4)
         np.testing.assert_allclose(a["force_deviation"], b["force_deviation"], atol=1e-4)
+
+
+@pytest.mark.mongo
+def test_cli_trains_on_the_store(emt_train_frames, tmp_path, server_store, monkeypatch):
+    from pipeline.store import add_frame, add_label
+    from potential.cli import train
+
+    for atoms in emt_train_frames[:12]:
+        frame, _ = add_frame(atoms, source="test")
+        add_label(frame, theory="emt", energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+    app = typer.Typer()
+    app.command("train")(train)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the "train" subcommand name
+    monkeypatch.setenv("SELFPLAY_MONGODB_URI", server_store)
+    model = tmp_path / "model"
+    args = ["train", "--out", str(model), "--epochs", "1", "--ensemble", "1", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--theory", "emt"])
+    assert result.exit_code == 0, result.output
+    import re
+
+    counts = re.search(r"on (\d+) frames \((\d+) validation\)", result.output)
+    assert counts and int(counts.group(1)) + int(counts.group(2)) == 12, result.output
+    assert (model / "weights.safetensors").exists()
+    result = CliRunner().invoke(app, [*args, "--theory", "dft-nothing"])
+    assert result.exit_code != 0
+    assert "the store holds no labelled frames at dft-nothing" in str(result.exception)
