@@ -37,7 +37,6 @@ from ase import Atoms
 from pipeline.config import SelfplayConfig
 from pipeline.documents import Failure, Frame, Generation, Label, ModelVersion, utcnow
 from pipeline.errors import SelfplayError, StoreError
-from pipeline.ledger import frame_elements
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from pipeline import arrays
 from pipeline.config import mask_uri
 from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, frame_fields, utcnow
 from pipeline.errors import InvalidStructure, StoreError, StoreUnavailable
-from pipeline.hashing import frame_hash
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +147,6 @@ def add_frame(atoms: Atoms, *, source: str, **fields) -> tuple[Frame, bool]:
         if existing is None:  # pragma: no cover - only if a concurrent writer deleted it
             raise StoreError(f"frame {frame.hash[:12]} vanished during insert") from None
         return existing, False
-
-
-def add_frames(frames: Iterable[Atoms], *, source: str, **fields) -> list[tuple[Frame, bool]]:
-    return [add_frame(atoms, source=source, **fields) for atoms in frames]
 
 
 def _check_label_arrays(frame: Frame, energy: float, forces, stress) -> tuple[np.ndarray, np.ndarray | None]:
@@ -339,14 +334,3 @@ def done_hashes(theory: str) -> set[str]:
     done = {d["frame_hash"] for d in Label._get_collection().find({"theory": theory}, {"frame_hash": 1, "_id": 0})}
     done |= {d["frame_hash"] for d in Failure._get_collection().find({"theory": theory}, {"frame_hash": 1, "_id": 0})}
     return done
-
-
-def frame_by_atoms(atoms: Atoms) -> Frame | None:
-    return Frame.objects(hash=frame_hash(atoms)).first()
-
-
-def labelled_atoms(theories: Iterable[str] | None = None, *, elements: Iterable[str] | None = None) -> list[Atoms]:
-    """All labelled frames (optionally at given theories / containing only given elements)."""
-    from pipeline.export import iter_labelled
-
-    return list(iter_labelled(theories=theories, elements=elements))
