@@ -18,7 +18,7 @@ def _print_generation(number: int) -> None:
 
     from pipeline.documents import Generation
 
-    console = Console()
+    console = Console(soft_wrap=True)  # whole lines, also when the output is a file
     record = Generation.objects.get(number=number)
     counts = record.counts or {}
     model = (record.metrics or {}).get("model")
@@ -31,9 +31,12 @@ def _print_generation(number: int) -> None:
         highlight=False,
     )
     console.print(
-        "  explored {explored}  accurate {accurate}  candidate {candidate}  failed {failed}  "
-        "selected {selected}  labelled {labelled}  DFT failures {dft_failed}".format(
-            **{k: counts.get(k, 0) for k in ("explored", "accurate", "candidate", "failed", "selected", "labelled", "dft_failed")}
+        "  explored {explored}  accurate {accurate}  candidate {candidate}  failed {failed}  unscored {unscored}  "
+        "selected {selected} (+{sentinel} sentinels)  labelled {labelled}  DFT failures {dft_failed}".format(
+            **{
+                k: counts.get(k, 0)
+                for k in ("explored", "accurate", "candidate", "failed", "unscored", "selected", "sentinel", "labelled", "dft_failed")
+            }
         ),
         highlight=False,
     )

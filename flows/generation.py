@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, task
@@ -50,8 +51,9 @@ def single_point_task(atoms, settings):
 
 def _prefect_labeller(config: SelfplayConfig, frames, progress: bool):
     """Submit every frame as a task and yield outcomes as they complete (stored at once)."""
-    timeout = None if config.dft.time_limit is None else config.dft.time_limit * 2 + 300
-    runnable = single_point_task.with_options(retries=config.resources.dft_retries, timeout_seconds=timeout)
+    # No Prefect timeout: a thread cannot be interrupted, and the single point's own
+    # process is killed at settings.time_limit anyway (a "timeout" failure, not a retry).
+    runnable = single_point_task.with_options(retries=config.resources.dft_retries)
     futures = {runnable.submit(frame.to_atoms(), config.dft): frame for frame in frames}
     for future in as_completed(list(futures)):
         yield futures[future], future.result()
@@ -190,5 +192,6 @@ def prepare_local_prefect(home: Optional[str] = None) -> None:
         return
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if home is not None:
-        os.environ.setdefault("PREFECT_HOME", home)
+    if home is not None and "PREFECT_HOME" not in os.environ:
+        Path(home).mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+        os.environ["PREFECT_HOME"] = home
