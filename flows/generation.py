@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,15 +56,30 @@ def _prefect_labeller(config: SelfplayConfig, frames, progress: bool):
     # process is killed at settings.time_limit anyway (a "timeout" failure, not a retry).
     runnable = single_point_task.with_options(retries=config.resources.dft_retries)
     futures = {runnable.submit(frame.to_atoms(), config.dft): frame for frame in frames}
-    for future in as_completed(list(futures)):
-        yield futures[future], future.result()
+    bar = None
+    if progress and futures:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("DFT single points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        bar.start()
+        task_id = bar.add_task("dft", total=len(futures))
+    try:
+        for future in as_completed(list(futures)):
+            yield futures[future], future.result()
+            if bar is not None:
+                bar.advance(task_id)
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 @flow(name="label", log_prints=False)
-def label_flow(config: SelfplayConfig, number: int) -> dict:
+def label_flow(config: SelfplayConfig, number: int, progress: bool = False) -> dict:
     generation = Generation.objects.get(number=number)
     return stages.run_stage(
-        generation, "label", lambda: stages.label_stage(config, generation, labeller=_prefect_labeller)
+        generation,
+        "label",
+        lambda: stages.label_stage(config, generation, labeller=_prefect_labeller, progress=progress),
     )
 
 
@@ -162,7 +178,7 @@ def generation(
         train_task(config, number)
         explore_task(config, number)
         select_task(config, number)
-        label_flow.with_options(task_runner=task_runner(config))(config, number)
+        label_flow.with_options(task_runner=task_runner(config))(config, number, progress=sys.stderr.isatty())
         result = report_task(config, number)
     except BaseException as exc:
         record.reload()
