@@ -225,7 +225,7 @@ class ModelVersion(me.Document):
     checkpoint_sha256 = me.StringField()
     hyperparameters = me.DictField()
     metrics = me.DictField()
-    #: What it was trained on: theory, number of frames, per-element counts, label ids digest.
+    #: What it was trained on: theories, number of frames, per-element counts, warm start.
     trained_on = me.DictField()
     created_at = me.DateTimeField(default=utcnow)
 
