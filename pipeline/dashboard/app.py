@@ -161,7 +161,8 @@ class SnapshotSource:
 
 # ------------------------------------------------------------------------ layout
 
-INDEX = """<!DOCTYPE html>
+INDEX = (
+    """<!DOCTYPE html>
 <html lang="en">
 <head>
 {%metas%}
@@ -169,8 +170,7 @@ INDEX = """<!DOCTYPE html>
 {%favicon%}
 {%css%}
 <style>
-body { margin: 0; background: #f4f5f7; color: #222; font-family: Inter, "Segoe UI", Helvetica, Arial, sans-serif; }
-.page { max-width: 1500px; margin: 0 auto; padding: 12px 20px 40px; }
+/* shared */
 header h1 { font-size: 22px; margin: 6px 0 2px; }
 .summary { font-size: 15px; margin: 2px 0; }
 .freshness { font-size: 12px; color: #666; }
@@ -179,20 +179,8 @@ header h1 { font-size: 22px; margin: 6px 0 2px; }
             padding: 10px 16px 4px; margin: 10px 0; display: grid; grid-template-columns: 110px 1fr 220px; gap: 10px;
             align-items: center; }
 .controls label.title { font-weight: 600; }
-section { background: white; border: 1px solid #e2e2e2; border-radius: 8px; padding: 8px 14px 12px; margin: 14px 0; }
-section h2 { font-size: 17px; margin: 6px 0 8px; }
-.row { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 10px; align-items: start; }
 .option-row { display: flex; gap: 24px; align-items: center; flex-wrap: wrap; font-size: 14px; margin: 4px 0; }
 .option-row .dash-dropdown, .option-row .Select { min-width: 320px; }
-table.data { border-collapse: collapse; width: 100%; font-size: 13px; }
-table.data th { text-align: left; border-bottom: 2px solid #ccc; padding: 5px 8px; background: #fafafa; }
-table.data td { border-bottom: 1px solid #eee; padding: 4px 8px; white-space: nowrap; }
-table.data td.reason { white-space: normal; }
-.status { padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
-.status-completed { background: #e5f5e0; color: #1b5e20; }
-.status-running { background: #e3f2fd; color: #0d47a1; }
-.status-failed { background: #fde0dd; color: #b71c1c; }
-.status-pending { background: #eeeeee; color: #555; }
 .note { font-size: 12px; color: #666; }
 </style>
 </head>
@@ -201,6 +189,9 @@ table.data td.reason { white-space: normal; }
 <footer>{%config%}{%scripts%}{%renderer%}</footer>
 </body>
 </html>"""
+    # The rules this page shares with the static report live in one place.
+    .replace("/* shared */\n", F.SHARED_STYLE)
+)
 
 
 def _slider_props(snapshot: Optional[Snapshot]) -> dict:

@@ -19,6 +19,25 @@ from plotly.subplots import make_subplots
 
 from pipeline.dashboard.queries import Snapshot, element_order
 
+
+#: Page rules shared by the live dashboard and the static report.
+SHARED_STYLE = """
+body { margin: 0; background: #f4f5f7; color: #222; font-family: Inter, "Segoe UI", Helvetica, Arial, sans-serif; }
+.page { max-width: 1500px; margin: 0 auto; padding: 12px 20px 40px; }
+section { background: white; border: 1px solid #e2e2e2; border-radius: 8px; padding: 8px 14px 12px; margin: 14px 0; }
+section h2 { font-size: 17px; margin: 6px 0 8px; }
+.row { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 10px; align-items: start; }
+table.data { border-collapse: collapse; width: 100%; font-size: 13px; }
+table.data th { text-align: left; border-bottom: 2px solid #ccc; padding: 5px 8px; background: #fafafa; }
+table.data td { border-bottom: 1px solid #eee; padding: 4px 8px; white-space: nowrap; }
+table.data td.reason { white-space: normal; }
+.status { padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+.status-completed { background: #e5f5e0; color: #1b5e20; }
+.status-running { background: #e3f2fd; color: #0d47a1; }
+.status-failed { background: #fde0dd; color: #b71c1c; }
+.status-pending { background: #eeeeee; color: #555; }
+"""
+
 #: Elements the project supports (pipeline.atoms: Z <= 83); the table shows through Rn.
 MAX_SUPPORTED_Z = 83
 TABLE_LAST_Z = 86
