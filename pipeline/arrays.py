@@ -22,3 +22,11 @@ def unpack(data: bytes | None, shape: tuple[int, ...], dtype: np.dtype = FLOAT) 
         return None
     # copy(): frombuffer views are read-only and tied to the BSON bytes.
     return np.frombuffer(bytes(data), dtype=dtype).reshape(shape).copy()
+
+
+def voigt(stress: np.ndarray) -> np.ndarray:
+    """A stress as ASE's Voigt 6-vector (xx, yy, zz, yz, xz, xy); 6-vectors pass through."""
+    stress = np.asarray(stress, dtype=np.float64)
+    if stress.shape == (3, 3):
+        return stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return stress

@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 from ase import Atoms
 
+from pipeline.arrays import voigt
 from pipeline.atoms import check_atoms
 from pipeline.errors import DataFileError, InvalidStructure, SelfplayError
 
@@ -86,9 +87,7 @@ def label_arrays(atoms: Atoms, name: str) -> tuple[float, np.ndarray, np.ndarray
         raise DataFileError(f"{name}: energy or forces contain NaN or infinite values")
     stress = results.get("stress")
     if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        if stress.shape == (3, 3):
-            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        stress = voigt(stress)
         if stress.shape != (6,) or not np.all(np.isfinite(stress)):
             raise DataFileError(f"{name}: stress is malformed or not finite")
     return energy, forces, stress

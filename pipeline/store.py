@@ -160,9 +160,7 @@ def _check_label_arrays(frame: Frame, energy: float, forces, stress) -> tuple[np
     if not np.all(np.isfinite(forces)):
         raise InvalidStructure(f"frame {frame.hash[:12]}: forces contain NaN or infinite values")
     if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        if stress.shape == (3, 3):
-            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        stress = arrays.voigt(stress)
         if stress.shape != (6,):
             raise InvalidStructure(f"frame {frame.hash[:12]}: stress has shape {stress.shape}, expected (6,) or (3, 3)")
         if not np.all(np.isfinite(stress)):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from pipeline.arrays import voigt
 from pipeline.errors import DataFileError, InvalidStructure, SelfplayError
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,7 @@ def frame_labels(atoms: Atoms, name: str = "frame") -> Labels:
         raise InvalidStructure(f"{name}: energy or forces are not finite")
     stress = results.get("stress")
     if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        if stress.shape == (3, 3):
-            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        stress = voigt(stress)
         if stress.shape != (6,) or not np.all(np.isfinite(stress)) or not atoms.pbc.all():
             stress = None
     return Labels(energy=energy, forces=forces, stress=stress)
