@@ -260,7 +260,8 @@ WORKERS = {"md": worker_md, "train_ours": worker_train_ours, "train_mace": worke
 
 # ----------------------------------------------------------------------------- driver
 def run_case(case: dict, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Keep the caller's PYTHONPATH (packages installed with --target, e.g. on a GPU node).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     try:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", json.dumps(case)],

@@ -131,6 +131,9 @@ class Label(me.Document):
     stress = me.BinaryField()  # eV/Å³, Voigt order xx yy zz yz xz xy
     n_atoms = me.IntField(required=True)
     elements = me.ListField(me.StringField(), required=True)
+    #: The frame's ``source`` (sampler or import), copied so that counts per sampler need
+    #: no join with the frames collection.
+    source = me.StringField()
     generation = me.IntField()
     #: Code versions, SCF iterations, convergence, device, spin/charge, extras.
     info = me.DictField()
@@ -145,6 +148,7 @@ class Label(me.Document):
             "theory",
             "generation",
             "elements",
+            "source",
         ],
     }
 

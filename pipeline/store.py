@@ -192,6 +192,7 @@ def add_label(
         stress=None if stress is None else arrays.pack(stress),
         n_atoms=frame.n_atoms,
         elements=list(frame.elements),
+        source=frame.source,
         generation=generation,
         info=info or {},
         wall_time=wall_time,
@@ -289,7 +290,8 @@ def _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_ge
     from bson import ObjectId
 
     hashes = [d["hash"] for d in frame_docs]
-    ids = {d["hash"]: d["_id"] for d in Frame._get_collection().find({"hash": {"$in": hashes}}, {"hash": 1})}
+    # A frame stored earlier keeps its own _id and source; the label follows the stored frame.
+    stored = {d["hash"]: d for d in Frame._get_collection().find({"hash": {"$in": hashes}}, {"hash": 1, "source": 1})}
     label_docs = []
     for i, (doc, (energy, forces, stress)) in enumerate(zip(frame_docs, labels)):
         frame = Frame(hash=doc["hash"], n_atoms=doc["n_atoms"])
@@ -297,7 +299,7 @@ def _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_ge
         label_docs.append(
             {
                 "_id": ObjectId(),
-                "frame": ids[doc["hash"]],
+                "frame": stored[doc["hash"]]["_id"],
                 "frame_hash": doc["hash"],
                 "theory": theory,
                 "theory_spec": theory_spec or {},
@@ -306,6 +308,7 @@ def _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_ge
                 "stress": None if stress is None else arrays.pack(stress),
                 "n_atoms": doc["n_atoms"],
                 "elements": doc["elements"],
+                "source": stored[doc["hash"]].get("source"),
                 "generation": label_generation[i] if label_generation else generation,
                 "info": {},
                 "created_at": doc["created_at"],

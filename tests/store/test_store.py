@@ -162,3 +162,21 @@ def test_hill_formula_matches_ase(symbols):
 
     atoms = Atoms(symbols)
     assert hill_formula(atoms.numbers) == atoms.get_chemical_formula(mode="hill")
+
+
+def test_labels_carry_the_source_of_the_stored_frame(store):
+    from pipeline.store import add_labelled_frames
+
+    a, b = emt_dataset(2)
+    frame, _ = add_frame(a, source="melt_quench")
+    label, _ = add_label(frame, theory="t", energy=a.get_potential_energy(), forces=a.get_forces())
+    assert label.source == "melt_quench"
+    # In bulk, a frame stored earlier keeps its source; a new one gets the given source.
+    add_labelled_frames(
+        [a, b],
+        [(x.get_potential_energy(), x.get_forces(), None) for x in (a, b)],
+        theory="import:x",
+        source="import",
+    )
+    sources = {l.frame_hash: l.source for l in Label.objects(theory="import:x")}
+    assert sources == {frame.hash: "melt_quench", Frame.objects(source="import").get().hash: "import"}
