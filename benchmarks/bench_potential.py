@@ -140,7 +140,7 @@ def worker_md(case: dict) -> dict:
     dyn.run(2)  # warm-up
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while steps < case["min_steps"] or (time.perf_counter() - start < case["min_seconds"] and steps < 10_000):
         dyn.run(1)
         steps += 1
@@ -152,6 +152,9 @@ def worker_md(case: dict) -> dict:
         "parameters_per_member": params,
         "steps": steps,
         "seconds_per_step": elapsed / steps,
+        # CPU time of this process: on a shared machine less disturbed by other jobs
+        # than wall time (with one torch thread it is the work done)
+        "cpu_seconds_per_step": (time.process_time() - cpu_start) / steps,
         "atom_steps_per_second": case["n_atoms"] * steps / elapsed,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_before_md_mib": rss_before,
@@ -317,18 +320,22 @@ def render_markdown(report: dict) -> str:
         "",
         "## MD throughput (VelocityVerlet through the ASE calculator, energy + forces + neighbour list)",
         "",
-        "| model | members | params/member | atoms | s/step | atom-steps/s | cost vs 1 member | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | members | params/member | atoms | s/step | atom-steps/s | cost vs 1 member "
+        "| CPU s/step | CPU cost vs 1 member | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["md"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['members']} | | {r['n_atoms']} | error: {r['error']} | | | |")
+            lines.append(f"| {r['model']} | {r['members']} | | {r['n_atoms']} | error: {r['error']} | | | | | |")
             continue
         rel = r.get("cost_relative_to_one_member")
+        cpu = r.get("cpu_seconds_per_step")
+        cpu_rel = r.get("cpu_cost_relative_to_one_member")
         lines.append(
             f"| {r['model']} | {r['members']} | {r['parameters_per_member']} | {r['n_atoms']} | "
             f"{r['seconds_per_step']:.4f} | {r['atom_steps_per_second']:.0f} | "
-            f"{'' if rel is None else f'{rel:.2f}'} | {r['peak_rss_mib']:.0f} |"
+            f"{'' if rel is None else f'{rel:.2f}'} | {'' if cpu is None else f'{cpu:.4f}'} | "
+            f"{'' if cpu_rel is None else f'{cpu_rel:.2f}'} | {r['peak_rss_mib']:.0f} |"
         )
     if report.get("training"):
         lines += [
@@ -347,6 +354,8 @@ def render_markdown(report: dict) -> str:
                 f"| {name} | {r['members']} | {r['parameters_per_member']} | {r['seconds']:.0f} | {r['epochs']} | "
                 f"{r['force_mae']:.4f} | {1000 * r['energy_mae_per_atom']:.1f} |"
             )
+    if report.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -396,6 +405,8 @@ def main() -> None:
                            and r.get("n_atoms") == row["n_atoms"] and "seconds_per_step" in r), None)
             if single:
                 row["cost_relative_to_one_member"] = row["seconds_per_step"] / single["seconds_per_step"]
+                if "cpu_seconds_per_step" in row and "cpu_seconds_per_step" in single:
+                    row["cpu_cost_relative_to_one_member"] = row["cpu_seconds_per_step"] / single["cpu_seconds_per_step"]
     if args.train_seconds > 0:
         trainers = [("train_ours", 1), ("train_ours", 4)] + ([("train_mace", 1)] if mace_ok else [])
         for worker, members in trainers:

@@ -33,7 +33,11 @@ def utcnow() -> datetime:
 def hill_formula(numbers: np.ndarray) -> str:
     """Hill-order formula (C, H, then alphabetical; alphabetical without carbon)."""
     values, counts = np.unique(numbers, return_counts=True)
-    count = {chemical_symbols[z]: int(n) for z, n in zip(values, counts)}
+    return hill_formula_of_counts({chemical_symbols[z]: int(n) for z, n in zip(values, counts)})
+
+
+def hill_formula_of_counts(count: dict[str, int]) -> str:
+    """:func:`hill_formula` from a {symbol: count} mapping."""
     first = [k for k in ("C", "H") if k in count] if "C" in count else []
     order = first + sorted(k for k in count if k not in first)
     return "".join(f"{k}{count[k] if count[k] > 1 else ''}" for k in order)

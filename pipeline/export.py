@@ -1,8 +1,9 @@
 """Snapshots of the labelled dataset: HDF5 and extended XYZ, streaming.
 
 Both formats are readable without this project (h5py alone; ``ase.io.read``). Records
-are streamed from the database in batches, so exporting a million frames never holds a
-million objects in memory.
+are streamed from the database in batches of columns (:class:`RecordBatch`), so exporting
+a million frames never holds a million objects in memory. Frames come in frame order
+(the order they were first stored), the labels of one frame by level of theory.
 
 HDF5 layout (``schema_version`` 1); per-atom arrays are concatenated and frame ``i``
 owns rows ``offsets[i]:offsets[i+1]``::
@@ -28,6 +29,7 @@ Root attributes: ``schema_version``, ``format`` = "selfplay-snapshot", ``units``
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from ase.data import chemical_symbols
 from pipeline import arrays
 from pipeline.atoms import symbols_to_numbers
 from pipeline.documents import Frame, Label
-from pipeline.errors import DataFileError
+from pipeline.errors import DataFileError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -112,37 +114,306 @@ def label_query(
     return query
 
 
+#: Fields the export reads; the rest (uncertainties, timings, info) stays on the server.
+LABEL_FIELDS = {"frame": 1, "theory": 1, "theory_spec": 1, "energy": 1, "forces": 1, "stress": 1, "generation": 1}
+FRAME_FIELDS = {"hash": 1, "n_atoms": 1, "numbers": 1, "positions": 1, "cell": 1, "pbc": 1, "source": 1, "provenance": 1}
+
+#: Join labels to frames by walking both collections in frame order when at least this
+#: fraction of the frames is selected; sparser selections look their frames up by _id.
+MERGE_JOIN_FRACTION = 0.25
+
+
+@dataclass
+class RecordBatch:
+    """Many labelled frames as columns: per-atom arrays concatenated, one row per frame.
+
+    This is what the HDF5 writer stores, dataset by dataset, so an export touches numpy
+    once per batch instead of once per frame. Frame ``i`` owns atoms
+    ``offsets[i]:offsets[i+1]``; ``generation`` is -1 and ``stress`` NaN where unset.
+    """
+
+    numbers: np.ndarray  # (N_atoms,) uint8
+    positions: np.ndarray  # (N_atoms, 3)
+    forces: np.ndarray  # (N_atoms, 3)
+    offsets: np.ndarray  # (n + 1,) int64, starting at 0
+    energy: np.ndarray  # (n,)
+    cell: np.ndarray  # (n, 3, 3)
+    pbc: np.ndarray  # (n, 3) bool
+    stress: np.ndarray  # (n, 6), NaN rows where has_stress is False
+    has_stress: np.ndarray  # (n,) bool
+    frame_hash: list[str]
+    theory: list[str]
+    generation: np.ndarray  # (n,) int32, -1 = none
+    source: list[str]
+    provenance: list[dict]
+    theory_specs: dict[str, dict] = field(default_factory=dict)  # first spec seen per theory
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[dict, dict]]) -> "RecordBatch":
+        """Columns of ``(label document, frame document)`` pairs as the driver returns them."""
+        n = len(pairs)
+        labels = [label for label, _ in pairs]
+        frames = [frame for _, frame in pairs]
+        sizes = np.fromiter((f["n_atoms"] for f in frames), dtype=np.int64, count=n)
+        forces = [label["forces"] for label in labels]
+        positions = [f["positions"] for f in frames]
+        numbers = [f["numbers"] for f in frames]
+        for name, chunks, width in (("forces", forces, 24), ("positions", positions, 24), ("numbers", numbers, 1)):
+            lengths = np.fromiter(map(len, chunks), dtype=np.int64, count=n)
+            bad = np.flatnonzero(lengths != sizes * width)
+            if bad.size:
+                k = int(bad[0])
+                raise StoreError(
+                    f"label {labels[k]['_id']}: stored {name} hold {lengths[k] // width} atoms, the frame has {sizes[k]}"
+                )
+        stresses = [label.get("stress") for label in labels]
+        has_stress = np.fromiter((s is not None for s in stresses), dtype=bool, count=n)
+        stress = np.full((n, 6), np.nan)
+        if has_stress.any():
+            stress[has_stress] = arrays.unpack_many([s for s in stresses if s is not None], (6,))
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        specs: dict[str, dict] = {}
+        for label in labels:
+            if label["theory"] not in specs:
+                specs[label["theory"]] = label.get("theory_spec") or {}
+        return cls(
+            numbers=arrays.unpack_many(numbers, (), arrays.NUMBERS),
+            positions=arrays.unpack_many(positions, (3,)),
+            forces=arrays.unpack_many(forces, (3,)),
+            offsets=offsets,
+            energy=np.fromiter((label["energy"] for label in labels), dtype=np.float64, count=n),
+            cell=arrays.unpack_many([f["cell"] for f in frames], (3, 3)),
+            pbc=np.array([f["pbc"] for f in frames], dtype=bool).reshape(n, 3),
+            stress=stress,
+            has_stress=has_stress,
+            frame_hash=[f["hash"] for f in frames],
+            theory=[label["theory"] for label in labels],
+            generation=np.fromiter(
+                (-1 if label.get("generation") is None else label["generation"] for label in labels),
+                dtype=np.int32,
+                count=n,
+            ),
+            source=[f.get("source") or "" for f in frames],
+            provenance=[f.get("provenance") or {} for f in frames],
+            theory_specs=specs,
+        )
+
+    @classmethod
+    def from_records(cls, records: list["Record"]) -> "RecordBatch":
+        n = len(records)
+        sizes = np.fromiter((len(r.numbers) for r in records), dtype=np.int64, count=n)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        has_stress = np.fromiter((r.stress is not None for r in records), dtype=bool, count=n)
+        stress = np.full((n, 6), np.nan)
+        for k, r in enumerate(records):
+            if r.stress is not None:
+                stress[k] = r.stress
+        empty3 = np.zeros((0, 3))
+        return cls(
+            numbers=np.concatenate([np.asarray(r.numbers, dtype=arrays.NUMBERS) for r in records] or [np.zeros(0, arrays.NUMBERS)]),
+            positions=np.concatenate([np.asarray(r.positions, dtype=np.float64) for r in records] or [empty3]),
+            forces=np.concatenate([np.asarray(r.forces, dtype=np.float64) for r in records] or [empty3]),
+            offsets=offsets,
+            energy=np.array([r.energy for r in records], dtype=np.float64),
+            cell=np.array([r.cell for r in records], dtype=np.float64).reshape(n, 3, 3),
+            pbc=np.array([r.pbc for r in records], dtype=bool).reshape(n, 3),
+            stress=stress,
+            has_stress=has_stress,
+            frame_hash=[r.frame_hash for r in records],
+            theory=[r.theory for r in records],
+            generation=np.array([-1 if r.generation is None else r.generation for r in records], dtype=np.int32),
+            source=[r.source for r in records],
+            provenance=[r.provenance for r in records],
+        )
+
+    def records(self) -> Iterator["Record"]:
+        for k in range(len(self)):
+            lo, hi = self.offsets[k], self.offsets[k + 1]
+            yield Record(
+                numbers=self.numbers[lo:hi],
+                positions=self.positions[lo:hi],
+                cell=self.cell[k],
+                pbc=self.pbc[k],
+                energy=float(self.energy[k]),
+                forces=self.forces[lo:hi],
+                stress=self.stress[k] if self.has_stress[k] else None,
+                frame_hash=self.frame_hash[k],
+                theory=self.theory[k],
+                generation=None if self.generation[k] < 0 else int(self.generation[k]),
+                source=self.source[k],
+                provenance=self.provenance[k],
+            )
+
+
+def iter_batches(query: dict | None = None, batch_size: int = BATCH, *, selected: int | None = None) -> Iterator[RecordBatch]:
+    """Labelled frames matching ``query`` as :class:`RecordBatch` columns of ``batch_size``.
+
+    Order: by frame (insertion order of the frames), then by level of theory. Labels are
+    joined to their frames without a query per batch when the selection is dense (see
+    :data:`MERGE_JOIN_FRACTION`): both collections are read once, in frame order, and
+    merged; servers without a usable index for ``$in`` (FerretDB's SQLite backend scans
+    the whole collection for each such query) would otherwise read the frames once per
+    batch. ``selected``: the number of matching labels, if the caller counted them already.
+    """
+    pairs: list[tuple[dict, dict]] = []
+    for pair in _joined(query or {}, batch_size, selected):
+        pairs.append(pair)
+        if len(pairs) >= batch_size:
+            yield RecordBatch.from_pairs(pairs)
+            pairs = []
+    if pairs:
+        yield RecordBatch.from_pairs(pairs)
+
+
 def iter_records(query: dict | None = None, batch_size: int = BATCH) -> Iterator[Record]:
-    """Labelled frames matching ``query``, in insertion order, fetched in batches."""
+    """Labelled frames matching ``query`` one by one, in the order of :func:`iter_batches`."""
+    for batch in iter_batches(query, batch_size):
+        yield from batch.records()
+
+
+def _joined(query: dict, batch_size: int, selected: int | None) -> Iterator[tuple[dict, dict]]:
+    import pymongo.collection
+
     labels = Label._get_collection()
     frames = Frame._get_collection()
-    cursor = labels.find(query or {}, sort=[("_id", 1)], batch_size=batch_size)
-    batch: list[dict] = []
+    server = isinstance(labels, pymongo.collection.Collection)
+    if server:
+        # A real server sorts with the unique (frame, theory) index; allowDiskUse keeps a
+        # filtered export from hitting the 100 MB in-memory sort limit. Projections keep
+        # uncertainties, timings and info on the server.
+        options = {"allow_disk_use": True}
+        label_fields, frame_fields = LABEL_FIELDS, FRAME_FIELDS
+    else:
+        # The embedded store sorts in memory, warns about allowDiskUse, and projects in
+        # Python, which costs more than copying whole documents.
+        options, label_fields, frame_fields = {}, None, None
+    cursor = labels.find(query, label_fields, sort=[("frame", 1), ("theory", 1)], **options)
+    try:
+        if _dense(query, labels, frames, selected):
+            frame_cursor = lambda lo: frames.find({"_id": {"$gte": lo}}, frame_fields, sort=[("_id", 1)])  # noqa: E731
+            yield from _merge_join(cursor, frame_cursor, prefetch=server)
+        else:
+            yield from _lookup_join(cursor, frames, frame_fields, batch_size)
+    finally:
+        cursor.close()
 
+
+def _dense(query: dict, labels, frames, selected: int | None) -> bool:
+    if not query:
+        return True
+    n_frames = frames.estimated_document_count()
+    if selected is None:
+        selected = labels.count_documents(query)
+    return selected >= MERGE_JOIN_FRACTION * n_frames
+
+
+def _merge_join(label_cursor, open_frames, *, prefetch: bool) -> Iterator[tuple[dict, dict]]:
+    """Labels sorted by frame merged with frames sorted by _id, both read once.
+
+    With ``prefetch`` each cursor is drained by its own thread into a small bounded queue,
+    so that the server works on both queries at once while we decode and write (the
+    driver waits on sockets without the GIL); memory stays bounded by the queue depth.
+    """
+    first = next(label_cursor, None)
+    if first is None:
+        return
+    frame_cursor = open_frames(first["frame"])
+    labels_in = itertools.chain([first], label_cursor)
+    frames_in: Iterator[dict] = frame_cursor
+    readers = []
+    if prefetch:
+        readers = [_Prefetch(labels_in), _Prefetch(frame_cursor)]
+        labels_in, frames_in = iter(readers[0]), iter(readers[1])
+    try:
+        frame = next(frames_in, None)
+        for label in labels_in:
+            target = label["frame"]
+            while frame is not None and frame["_id"] < target:
+                frame = next(frames_in, None)
+            if frame is not None and frame["_id"] == target:
+                yield label, frame
+            else:
+                log.warning("label %s points to a missing frame; skipped", label["_id"])
+    finally:
+        for reader in readers:
+            reader.stop()
+        frame_cursor.close()
+
+
+class _Prefetch:
+    """Iterate ``source`` in a daemon thread, handing over lists of documents through a
+    bounded queue; exceptions are re-raised in the consumer."""
+
+    CHUNK = 256
+    DEPTH = 8
+
+    def __init__(self, source: Iterator):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True, name="export-prefetch")
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source) -> None:
+        chunk: list = []
+        try:
+            for item in source:
+                chunk.append(item)
+                if len(chunk) >= self.CHUNK:
+                    if not self._put(chunk):
+                        return
+                    chunk = []
+            if chunk and not self._put(chunk):
+                return
+            self._put(None)
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=30)
+
+
+def _lookup_join(label_cursor, frames, frame_fields, batch_size: int) -> Iterator[tuple[dict, dict]]:
     def flush(batch):
-        by_id = {d["_id"]: d for d in frames.find({"_id": {"$in": [label["frame"] for label in batch]}})}
+        ids = list({b["frame"] for b in batch})
+        by_id = {d["_id"]: d for d in frames.find({"_id": {"$in": ids}}, frame_fields)}
         for label in batch:
             frame = by_id.get(label["frame"])
             if frame is None:
                 log.warning("label %s points to a missing frame; skipped", label["_id"])
                 continue
-            n = frame["n_atoms"]
-            yield Record(
-                numbers=arrays.unpack(frame["numbers"], (n,), arrays.NUMBERS),
-                positions=arrays.unpack(frame["positions"], (n, 3)),
-                cell=arrays.unpack(frame["cell"], (3, 3)),
-                pbc=np.array(frame["pbc"], dtype=bool),
-                energy=label["energy"],
-                forces=arrays.unpack(label["forces"], (n, 3)),
-                stress=arrays.unpack(label.get("stress"), (6,)),
-                frame_hash=frame["hash"],
-                theory=label["theory"],
-                generation=label.get("generation"),
-                source=frame.get("source", ""),
-                provenance=frame.get("provenance") or {},
-            )
+            yield label, frame
 
-    for label in cursor:
+    batch: list[dict] = []
+    for label in label_cursor:
         batch.append(label)
         if len(batch) >= batch_size:
             yield from flush(batch)
@@ -173,6 +444,7 @@ class HDF5Writer:
         self.n_frames = 0
         self.n_atoms = 0
         self._pending: list[Record] = []
+        self._theory_index: dict[str, int] = {}
         f = self.file
         string = h5py.string_dtype()
 
@@ -198,18 +470,18 @@ class HDF5Writer:
         if len(self._pending) >= BATCH:
             self._flush()
 
-    def _theory_index(self, theory: str) -> int:
-        if theory not in self.theories:
-            self.theories.append(theory)
-        return self.theories.index(theory)
-
     def _flush(self) -> None:
-        records = self._pending
-        if not records:
+        if self._pending:
+            records, self._pending = self._pending, []
+            self.add_batch(RecordBatch.from_records(records))
+
+    def add_batch(self, batch: RecordBatch) -> None:
+        """Append a whole batch: one resize and one write per dataset."""
+        self._flush()  # keep the order of frames given one by one before
+        n = len(batch)
+        if n == 0:
             return
-        self._pending = []
         f = self.file
-        sizes = np.array([len(r.numbers) for r in records], dtype=np.int64)
 
         def append(name, values):
             dataset = f[name]
@@ -217,22 +489,27 @@ class HDF5Writer:
             dataset.resize(start + len(values), axis=0)
             dataset[start:] = values
 
-        append("numbers", np.concatenate([r.numbers for r in records]))
-        append("positions", np.concatenate([r.positions for r in records]))
-        append("forces", np.concatenate([r.forces for r in records]))
-        append("offsets", self.n_atoms + np.cumsum(sizes))
-        append("energy", np.array([r.energy for r in records], dtype=np.float64))
-        append("cell", np.stack([r.cell for r in records]))
-        append("pbc", np.stack([r.pbc for r in records]))
-        nan6 = np.full(6, np.nan)
-        append("stress", np.stack([nan6 if r.stress is None else r.stress for r in records]))
-        append("frame_hash", np.array([r.frame_hash.encode() for r in records], dtype="S64"))
-        append("theory", np.array([self._theory_index(r.theory) for r in records], dtype=np.int16))
-        append("generation", np.array([-1 if r.generation is None else r.generation for r in records], dtype=np.int32))
-        append("source", [r.source for r in records])
-        append("provenance", [json.dumps(r.provenance, sort_keys=True, default=str) for r in records])
-        self.n_frames += len(records)
-        self.n_atoms += int(sizes.sum())
+        for theory, spec in batch.theory_specs.items():
+            self.theory_specs.setdefault(theory, spec)
+        for theory in batch.theory:
+            if theory not in self._theory_index:
+                self._theory_index[theory] = len(self.theories)
+                self.theories.append(theory)
+        append("numbers", batch.numbers)
+        append("positions", batch.positions)
+        append("forces", batch.forces)
+        append("offsets", self.n_atoms + batch.offsets[1:])
+        append("energy", batch.energy)
+        append("cell", batch.cell)
+        append("pbc", batch.pbc)
+        append("stress", batch.stress)
+        append("frame_hash", np.array(batch.frame_hash, dtype="S64"))
+        append("theory", np.array([self._theory_index[t] for t in batch.theory], dtype=np.int16))
+        append("generation", batch.generation)
+        append("source", np.array(batch.source, dtype=object))
+        append("provenance", np.array([json.dumps(p, sort_keys=True, default=str) for p in batch.provenance], dtype=object))
+        self.n_frames += n
+        self.n_atoms += int(batch.offsets[-1])
 
     def close(self) -> None:
         from pipeline import __version__
@@ -311,7 +588,7 @@ def read_hdf5(path: Path | str, batch_size: int = BATCH) -> Iterator[Atoms]:
 
 def _fmt(values: Iterable[float]) -> str:
     # 17 significant digits: every float64 reads back bit for bit.
-    return " ".join(f"{v:.17g}" for v in values)
+    return " ".join(f"{v:.17g}" for v in np.asarray(values, dtype=np.float64).tolist())
 
 
 def write_extxyz_record(handle, record: Record) -> None:
@@ -333,10 +610,14 @@ def write_extxyz_record(handle, record: Record) -> None:
     if record.source:
         header.append(f"source={record.source}")
     lines = [str(n), " ".join(header)]
-    symbols = [chemical_symbols[z] for z in record.numbers]
-    for symbol, pos, force in zip(symbols, record.positions, record.forces):
-        lines.append(f"{symbol} {_fmt(pos)} {_fmt(force)}")
+    # Python floats (tolist) format several times faster than numpy scalars.
+    symbols = [chemical_symbols[z] for z in record.numbers.tolist()]
+    rows = np.hstack([record.positions, record.forces]).tolist()
+    lines += [_ATOM_LINE % (symbol, *row) for symbol, row in zip(symbols, rows)]
     handle.write("\n".join(lines) + "\n")
+
+
+_ATOM_LINE = "%s" + " %.17g" * 6
 
 
 # ----------------------------------------------------------------------------- entry
@@ -371,27 +652,30 @@ def export_snapshot(
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     query = label_query(generation=generation, until_generation=until_generation, elements=elements, theories=theories)
-    total = Label._get_collection().count_documents(query)
+    labels = Label._get_collection()
+    # Counting costs a pass over the labels on servers without a usable index, so only
+    # when the progress bar or the choice of join needs it.
+    total = labels.count_documents(query) if (progress or query) else None
     tmp = out.with_name(out.name + ".partial")
-    records = iter_records(query)
     n_frames = n_atoms = 0
-    bar = _progress(progress, total, f"export {format}")
+    bar = _progress(progress, total or 0, f"export {format}")
     try:
+        batches = iter_batches(query, selected=total)
         if format == "hdf5":
-            specs = {d["theory"]: d.get("theory_spec", {}) for d in Label._get_collection().find(query, {"theory": 1, "theory_spec": 1})}
-            with HDF5Writer(tmp, query=query, theory_specs=specs) as writer:
-                for record in records:
-                    writer.add(record)
-                    n_frames += 1
-                    n_atoms += len(record.numbers)
-                    bar.advance()
+            with HDF5Writer(tmp, query=query) as writer:
+                for batch in batches:
+                    writer.add_batch(batch)
+                    n_frames += len(batch)
+                    n_atoms += int(batch.offsets[-1])
+                    bar.advance(len(batch))
         else:
             with open(tmp, "w") as handle:
-                for record in records:
-                    write_extxyz_record(handle, record)
-                    n_frames += 1
-                    n_atoms += len(record.numbers)
-                    bar.advance()
+                for batch in batches:
+                    for record in batch.records():
+                        write_extxyz_record(handle, record)
+                    n_frames += len(batch)
+                    n_atoms += int(batch.offsets[-1])
+                    bar.advance(len(batch))
         tmp.replace(out)
     finally:
         bar.close()

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from ase import Atoms
 
-from pipeline.arrays import voigt
+from pipeline.arrays import labels_of
 from pipeline.atoms import check_atoms
 from pipeline.errors import DataFileError, InvalidStructure, SelfplayError
 
@@ -72,25 +72,10 @@ def read_frames(path: Path | str, *, require_labels: bool = False, index: str = 
 
 
 def label_arrays(atoms: Atoms, name: str) -> tuple[float, np.ndarray, np.ndarray | None]:
-    """Energy, forces and stress (Voigt, or None) carried by ``atoms``; raises if missing."""
-    results = getattr(atoms.calc, "results", None) or {}
-    energy = results.get("energy", results.get("free_energy"))
-    forces = results.get("forces")
-    if energy is None or forces is None:
-        missing = " and ".join(k for k, v in (("energy", energy), ("forces", forces)) if v is None)
-        raise DataFileError(f"{name}: no {missing} in the file")
-    energy = float(energy)
-    forces = np.asarray(forces, dtype=np.float64)
-    if forces.shape != (len(atoms), 3):
-        raise DataFileError(f"{name}: forces have shape {forces.shape} for {len(atoms)} atoms")
-    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
-        raise DataFileError(f"{name}: energy or forces contain NaN or infinite values")
-    stress = results.get("stress")
-    if stress is not None:
-        stress = voigt(stress)
-        if stress.shape != (6,) or not np.all(np.isfinite(stress)):
-            raise DataFileError(f"{name}: stress is malformed or not finite")
-    return energy, forces, stress
+    """Energy, forces and stress (Voigt, or None) carried by ``atoms``; raises
+    :class:`DataFileError` naming ``name`` if missing or malformed (see
+    :func:`pipeline.arrays.labels_of`)."""
+    return labels_of(atoms, name, error=DataFileError)
 
 
 @dataclass
@@ -107,8 +92,12 @@ def theory_of(atoms: Atoms, path: Path, theory: str | None) -> str:
         return theory
     if atoms.info.get("theory"):
         return str(atoms.info["theory"])
-    # Without a name from the user or the file, the format names the source (vasp-out,
-    # aims-output, castep-castep, extxyz, ...): labels from different codes never mix.
+    return file_theory(path)
+
+
+def file_theory(path: Path) -> str:
+    """Without a name from the user or the file, the format names the source (vasp-out,
+    aims-output, castep-castep, extxyz, ...): labels from different codes never mix."""
     try:
         from ase.io.formats import filetype
 
@@ -120,13 +109,15 @@ def theory_of(atoms: Atoms, path: Path, theory: str | None) -> str:
 
 def import_file(path: Path | str, *, theory: str | None = None, batch_size: int = 1000) -> ImportReport:
     """Import one file's labelled frames; all or nothing."""
-    from pipeline.documents import Frame, Label
-    from pipeline.store import add_labelled_frames
+    from pipeline.store import add_labelled_frames, remove_created
 
     path = Path(path)
     frames = read_frames(path, require_labels=True)
     labels = [label_arrays(atoms, f"{path} frame {i}") for i, atoms in enumerate(frames)]
-    keys = [theory_of(atoms, path, theory) for atoms in frames]
+    # The file's format is looked up once (filetype() opens the file), not once per frame.
+    fallback = theory or (None if all(a.info.get("theory") for a in frames) else file_theory(path))
+    keys = [theory or (str(a.info["theory"]) if a.info.get("theory") else fallback) for a in frames]
+    resolved = str(path.resolve())
     created_frames, created_labels = [], []
     try:
         # One bulk insert per (theory, batch): a file normally holds a single theory.
@@ -140,15 +131,14 @@ def import_file(path: Path | str, *, theory: str | None = None, batch_size: int 
                     theory=key,
                     source="import",
                     theory_spec={"source_file": path.name, "format": key.removeprefix("import:")},
-                    provenance=[{"file": str(path.resolve()), "index": i} for i in chunk],
+                    provenance=[{"file": resolved, "index": i} for i in chunk],
                     label_generation=[_generation(frames[i]) for i in chunk],
                 )
                 created_frames += result.created_frames
                 created_labels += result.created_labels
     except BaseException:
         # Undo this file's writes so a failed import leaves nothing behind.
-        Label.objects(id__in=created_labels).delete()
-        Frame.objects(id__in=created_frames).delete()
+        remove_created(created_frames, created_labels)
         raise
     report = ImportReport(
         path=path,

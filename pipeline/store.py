@@ -12,6 +12,7 @@ and a duplicate-key error simply means another writer got there first.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Iterable
@@ -21,12 +22,15 @@ import numpy as np
 import pymongo
 import pymongo.errors
 from ase import Atoms
+from ase.data import chemical_symbols
+from bson import ObjectId
 from pymongo import uri_parser
 
 from pipeline import arrays
 from pipeline.config import mask_uri
-from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, frame_fields, utcnow
+from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, hill_formula_of_counts, utcnow
 from pipeline.errors import InvalidStructure, StoreError, StoreUnavailable
+from pipeline.hashing import HASH_VERSION, POSITION_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,15 @@ def connect(
     timeout_ms: int = 5000,
     require_persistent: bool = False,
     alias: str = "default",
+    read_only: bool = False,
 ) -> StoreInfo:
     """Connect mongoengine's default alias and make sure the indexes exist.
+
+    With ``read_only=True`` no index is created, neither now nor when a document class
+    first touches its collection (mongoengine's ``auto_create_index`` is switched off for
+    the store's documents until the next writable ``connect``), so a MongoDB user with
+    only the ``read`` role can use it: ``selfplay dashboard`` and ``selfplay report``
+    connect this way.
 
     Raises :class:`StoreUnavailable` (one line, password masked) when the server cannot
     be reached or refuses the credentials, and :class:`StoreError` when no URI is given
@@ -60,6 +71,9 @@ def connect(
     """
     global _current
     me.disconnect(alias)
+    for document in ALL_DOCUMENTS:
+        # Process-wide in mongoengine (class meta), hence set on every connect, both ways.
+        document._meta["auto_create_index"] = not read_only
     if uri in (None, "", "embedded"):
         if require_persistent:
             raise StoreError(
@@ -103,8 +117,9 @@ def connect(
                 f"cannot reach MongoDB at {masked} within {timeout_ms} ms: {_first_line(exc)}"
             ) from None
         info = StoreInfo(uri=masked, database=database, embedded=False)
-    for document in ALL_DOCUMENTS:
-        document.ensure_indexes()
+    if not read_only:
+        for document in ALL_DOCUMENTS:
+            document.ensure_indexes()
     _current = info
     log.info("connected to %s (database %s)", info.uri, info.database)
     return info
@@ -150,21 +165,7 @@ def add_frame(atoms: Atoms, *, source: str, **fields) -> tuple[Frame, bool]:
 
 
 def _check_label_arrays(frame: Frame, energy: float, forces, stress) -> tuple[np.ndarray, np.ndarray | None]:
-    if not np.isfinite(energy):
-        raise InvalidStructure(f"frame {frame.hash[:12]}: energy is not finite")
-    forces = np.asarray(forces, dtype=np.float64)
-    if forces.shape != (frame.n_atoms, 3):
-        raise InvalidStructure(
-            f"frame {frame.hash[:12]}: forces have shape {forces.shape}, expected ({frame.n_atoms}, 3)"
-        )
-    if not np.all(np.isfinite(forces)):
-        raise InvalidStructure(f"frame {frame.hash[:12]}: forces contain NaN or infinite values")
-    if stress is not None:
-        stress = arrays.voigt(stress)
-        if stress.shape != (6,):
-            raise InvalidStructure(f"frame {frame.hash[:12]}: stress has shape {stress.shape}, expected (6,) or (3, 3)")
-        if not np.all(np.isfinite(stress)):
-            raise InvalidStructure(f"frame {frame.hash[:12]}: stress contains NaN or infinite values")
+    _, forces, stress = arrays.label_arrays(energy, forces, stress, frame.n_atoms, f"frame {frame.hash[:12]}")
     return forces, stress
 
 
@@ -246,7 +247,7 @@ def _insert_many_ignoring_duplicates(collection, documents: list[dict]) -> list:
 
 @dataclass
 class BulkResult:
-    frame_ids: list  # ids of all the frames given, existing or new
+    frame_ids: list  # ids of all the frames given, existing or new, in the order given
     created_frames: list
     created_labels: list
 
@@ -262,59 +263,178 @@ def add_labelled_frames(
     generation: int | None = None,
     label_generation: list[int | None] | None = None,
 ) -> BulkResult:
-    """Insert many frames with their labels in a few round trips (import, benchmarks).
+    """Insert many frames with their labels in two round trips (import, benchmarks).
 
     Same guarantees as :func:`add_frame`/:func:`add_label`: existing frames and labels are
-    kept, concurrent writers never create duplicates.
+    kept, concurrent writers never create duplicates (the unique indexes decide), and the
+    call is all or nothing: every label is checked before anything is written, and if the
+    database fails half-way the documents this call wrote are removed again.
+
+    The frame documents are built for the whole batch at once (one concatenation, one
+    quantisation for the content hashes, one element count), without mongoengine objects.
+    Frames that already exist are looked up only when the insert reports them as
+    duplicates, so a batch of new frames costs exactly two ``insert_many``.
     """
-    from bson import ObjectId
-
+    if len(frames) != len(labels):
+        raise InvalidStructure(f"{len(frames)} frames but {len(labels)} labels")
+    if not frames:
+        return BulkResult(frame_ids=[], created_frames=[], created_labels=[])
     now = utcnow()
-    frame_docs = []
-    for i, atoms in enumerate(frames):
-        fields = frame_fields(atoms, source=source, generation=generation, provenance=provenance[i] if provenance else None)
-        # Unset optional fields are left out, as mongoengine does.
-        doc = {"_id": ObjectId(), **{k: v for k, v in fields.items() if v is not None}, "created_at": now}
-        frame_docs.append(doc)
-    created_frames = _insert_many_ignoring_duplicates(Frame._get_collection(), frame_docs)
+    frame_docs = frame_documents(frames, source=source, generation=generation, provenance=provenance, now=now)
+    checked = [
+        arrays.label_arrays(energy, forces, stress, doc["n_atoms"], f"frame {doc['hash'][:12]}")
+        for doc, (energy, forces, stress) in zip(frame_docs, labels)
+    ]
+    frame_collection = Frame._get_collection()
+    label_collection = Label._get_collection()
+    label_docs: list[dict] = []
     try:
-        created_labels = _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_generation)
+        created_frames = _insert_many_ignoring_duplicates(frame_collection, frame_docs)
+        stored = _stored_frames(frame_collection, frame_docs, created_frames)
+        for i, (doc, (energy, forces, stress)) in enumerate(zip(frame_docs, checked)):
+            frame_id, frame_source = stored[doc["hash"]]
+            label_docs.append(
+                {
+                    "_id": ObjectId(),
+                    "frame": frame_id,
+                    "frame_hash": doc["hash"],
+                    "theory": theory,
+                    "theory_spec": theory_spec or {},
+                    "energy": energy,
+                    "forces": arrays.pack(forces),
+                    "stress": None if stress is None else arrays.pack(stress),
+                    "n_atoms": doc["n_atoms"],
+                    "elements": doc["elements"],
+                    # A frame stored earlier keeps its own _id and source; the label follows it.
+                    "source": frame_source,
+                    "generation": label_generation[i] if label_generation else generation,
+                    "info": {},
+                    "created_at": now,
+                }
+            )
+        created_labels = _insert_many_ignoring_duplicates(label_collection, label_docs)
     except BaseException:
-        Frame._get_collection().delete_many({"_id": {"$in": created_frames}})  # all or nothing
+        # Our _ids are generated here, so deleting them removes exactly what this call
+        # wrote, including documents of an insert_many that failed half-way.
+        remove_created([d["_id"] for d in frame_docs], [d["_id"] for d in label_docs])
         raise
-    ids = [d["_id"] for d in Frame._get_collection().find({"hash": {"$in": [d["hash"] for d in frame_docs]}}, {"_id": 1})]
-    return BulkResult(frame_ids=ids, created_frames=created_frames, created_labels=created_labels)
+    frame_ids = [stored[d["hash"]][0] for d in frame_docs]
+    return BulkResult(frame_ids=frame_ids, created_frames=created_frames, created_labels=created_labels)
 
 
-def _insert_labels(frame_docs, labels, theory, theory_spec, generation, label_generation) -> list:
-    from bson import ObjectId
+def _stored_frames(collection, frame_docs: list[dict], created: list) -> dict[str, tuple]:
+    """hash -> (_id, source) of the stored frame for every document of the batch."""
+    created_ids = set(created)
+    stored = {d["hash"]: (d["_id"], d["source"]) for d in frame_docs if d["_id"] in created_ids}
+    missing = list({d["hash"] for d in frame_docs if d["hash"] not in stored})
+    if missing:
+        # One $in query for the duplicates only: servers without a usable index for it
+        # (FerretDB's SQLite backend scans the collection) pay it once per batch.
+        for d in collection.find({"hash": {"$in": missing}}, {"hash": 1, "source": 1}):
+            stored[d["hash"]] = (d["_id"], d.get("source"))
+        gone = [h for h in missing if h not in stored]
+        if gone:  # pragma: no cover - only if a concurrent writer deleted it in between
+            raise StoreError(f"frame {gone[0][:12]} vanished during insert")
+    return stored
 
-    hashes = [d["hash"] for d in frame_docs]
-    # A frame stored earlier keeps its own _id and source; the label follows the stored frame.
-    stored = {d["hash"]: d for d in Frame._get_collection().find({"hash": {"$in": hashes}}, {"hash": 1, "source": 1})}
-    label_docs = []
-    for i, (doc, (energy, forces, stress)) in enumerate(zip(frame_docs, labels)):
-        frame = Frame(hash=doc["hash"], n_atoms=doc["n_atoms"])
-        forces, stress = _check_label_arrays(frame, float(energy), forces, stress)
-        label_docs.append(
-            {
-                "_id": ObjectId(),
-                "frame": stored[doc["hash"]]["_id"],
-                "frame_hash": doc["hash"],
-                "theory": theory,
-                "theory_spec": theory_spec or {},
-                "energy": float(energy),
-                "forces": arrays.pack(forces),
-                "stress": None if stress is None else arrays.pack(stress),
-                "n_atoms": doc["n_atoms"],
-                "elements": doc["elements"],
-                "source": stored[doc["hash"]].get("source"),
-                "generation": label_generation[i] if label_generation else generation,
-                "info": {},
-                "created_at": doc["created_at"],
-            }
-        )
-    return _insert_many_ignoring_duplicates(Label._get_collection(), label_docs)
+
+def remove_created(frame_ids: list, label_ids: list) -> None:
+    """Undo an import: delete these labels, then these frames unless something else
+    (a label or failure written meanwhile by another process) refers to them."""
+    labels = Label._get_collection()
+    for chunk in _chunks(label_ids):
+        labels.delete_many({"_id": {"$in": chunk}})
+    for chunk in _chunks(frame_ids):
+        referenced = {d["frame"] for d in labels.find({"frame": {"$in": chunk}}, {"frame": 1})}
+        referenced |= {d["frame"] for d in Failure._get_collection().find({"frame": {"$in": chunk}}, {"frame": 1})}
+        doomed = [i for i in chunk if i not in referenced]
+        if doomed:
+            Frame._get_collection().delete_many({"_id": {"$in": doomed}})
+
+
+def _chunks(items: list, size: int = 10_000):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_HASH_PREFIX = f"selfplay-frame-v{HASH_VERSION}".encode()
+_SYMBOLS = np.array(chemical_symbols + [""] * (128 - len(chemical_symbols)), dtype=object)
+
+
+def frame_documents(
+    frames: list[Atoms],
+    *,
+    source: str,
+    generation: int | None = None,
+    provenance: list[dict] | None = None,
+    now=None,
+) -> list[dict]:
+    """Frame documents (as :func:`pipeline.documents.frame_fields` makes them, plus a new
+    ``_id`` and ``created_at``) for many frames at once.
+
+    The content hash is byte for byte :func:`pipeline.hashing.frame_hash`: the same
+    quantisation, done on the concatenated positions of the batch instead of frame by frame.
+    """
+    n = len(frames)
+    now = now or utcnow()
+    numbers_per_frame = [np.asarray(a.numbers) for a in frames]
+    sizes = np.fromiter((len(x) for x in numbers_per_frame), dtype=np.int64, count=n)
+    if n == 0:
+        return []
+    if (sizes == 0).any():
+        raise InvalidStructure(f"frame {int(np.argmax(sizes == 0))} of the batch has no atoms")
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    numbers = np.concatenate(numbers_per_frame).astype(np.int64)
+    if numbers.min() < 0 or numbers.max() >= 128:
+        raise InvalidStructure(f"atomic number {int(numbers[(numbers < 0) | (numbers >= 128)][0])} is not an element")
+    positions = np.concatenate([a.positions for a in frames]).astype(arrays.FLOAT, copy=False)
+    cells = np.stack([a.cell.array for a in frames]).astype(arrays.FLOAT, copy=False)
+    pbcs = np.stack([np.asarray(a.pbc, dtype=bool) for a in frames])
+
+    numbers_u1 = numbers.astype(arrays.NUMBERS).tobytes()
+    numbers_i2 = numbers.astype("<i2").tobytes()
+    positions_bytes = np.ascontiguousarray(positions).tobytes()
+    cells_bytes = np.ascontiguousarray(cells).tobytes()
+    grid_positions = np.rint(positions / POSITION_TOLERANCE).astype("<i8").tobytes()
+    grid_cells = np.rint(cells / POSITION_TOLERANCE).astype("<i8").tobytes()
+    pbc_bytes = pbcs.astype(np.uint8).tobytes()
+
+    # Element counts of all frames in one bincount: rows are frames, columns atomic numbers.
+    counts = np.bincount(np.repeat(np.arange(n), sizes) * 128 + numbers, minlength=n * 128).reshape(n, 128)
+    rows, columns = np.nonzero(counts)
+    row_starts = np.searchsorted(rows, np.arange(n + 1))
+    column_counts = counts[rows, columns].tolist()
+    column_symbols = _SYMBOLS[columns].tolist()
+
+    docs = []
+    for i in range(n):
+        a0, a1 = int(offsets[i]), int(offsets[i + 1])
+        digest = hashlib.sha256(_HASH_PREFIX)
+        digest.update(numbers_i2[2 * a0 : 2 * a1])
+        digest.update(grid_positions[24 * a0 : 24 * a1])
+        digest.update(grid_cells[72 * i : 72 * (i + 1)])
+        digest.update(pbc_bytes[3 * i : 3 * (i + 1)])
+        r0, r1 = row_starts[i], row_starts[i + 1]
+        present = dict(zip(column_symbols[r0:r1], column_counts[r0:r1]))
+        doc = {
+            "_id": ObjectId(),
+            "hash": digest.hexdigest(),
+            "n_atoms": a1 - a0,
+            "numbers": numbers_u1[a0:a1],
+            "positions": positions_bytes[24 * a0 : 24 * a1],
+            "cell": cells_bytes[72 * i : 72 * (i + 1)],
+            "pbc": pbcs[i].tolist(),
+            "elements": sorted(present),
+            "formula": hill_formula_of_counts(present),
+            "source": source,
+            "provenance": (provenance[i] if provenance else None) or {},
+            "created_at": now,
+        }
+        if generation is not None:  # unset optional fields are left out, as mongoengine does
+            doc["generation"] = generation
+        docs.append(doc)
+    return docs
 
 
 # ----------------------------------------------------------------------------- reads

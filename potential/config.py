@@ -52,7 +52,9 @@ class TrainConfig(BaseModel):
     stress_weight: float = Field(100.0, ge=0, description="weight of the (eV/Å^3)^2 stress loss, where labelled")
     bootstrap: bool = Field(True, description="each member sees its own bootstrap resample of the training set")
     seed: int = 0
-    max_seconds: float | None = Field(None, gt=0, description="wall-time budget; the epoch running then is cut short")
+    max_seconds: float | None = Field(
+        None, gt=0, description="wall-time budget of the epochs (set-up not counted); the epoch running then is cut short"
+    )
     max_frames: int | None = Field(None, ge=1, description="use at most this many frames (random subset)")
     progress: bool = Field(True, description="show rich progress bars")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from pipeline.arrays import voigt
-from pipeline.errors import DataFileError, InvalidStructure, SelfplayError
+from pipeline.arrays import labels_of
+from pipeline.errors import DataFileError, SelfplayError
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +29,10 @@ class Labels:
 
 
 def frame_labels(atoms: Atoms, name: str = "frame") -> Labels:
-    """Energy, forces and (if present and finite) stress of a labelled frame."""
-    calc = atoms.calc
-    if calc is None:
-        raise InvalidStructure(f"{name}: no labels (atoms.calc is None; expected a SinglePointCalculator)")
-    results = getattr(calc, "results", {})
-    if "energy" not in results or "forces" not in results:
-        raise InvalidStructure(f"{name}: labels need energy and forces, found {sorted(results)}")
-    energy = float(results["energy"])
-    forces = np.asarray(results["forces"], dtype=np.float64)
-    if forces.shape != (len(atoms), 3):
-        raise InvalidStructure(f"{name}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
-    if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
-        raise InvalidStructure(f"{name}: energy or forces are not finite")
-    stress = results.get("stress")
-    if stress is not None:
-        stress = voigt(stress)
-        if stress.shape != (6,) or not np.all(np.isfinite(stress)) or not atoms.pbc.all():
-            stress = None
+    """Energy, forces and (on fully periodic frames, if valid) stress of a labelled frame."""
+    energy, forces, stress = labels_of(atoms, name, invalid_stress="drop")
+    if not atoms.pbc.all():
+        stress = None
     return Labels(energy=energy, forces=forces, stress=stress)
 
 

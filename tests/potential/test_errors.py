@@ -56,11 +56,11 @@ def test_every_supported_element_is_accepted(ensemble):
 
 def test_training_frames_need_labels():
     unlabelled = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])
-    with pytest.raises(InvalidStructure, match="training frame 0: no labels"):
+    with pytest.raises(InvalidStructure, match="training frame 0: no energy and forces in the labels"):
         train_ensemble([unlabelled], TrainConfig(epochs=1, progress=False), model_config=small_config())
     partial = unlabelled.copy()
     partial.calc = SinglePointCalculator(partial, energy=1.0)
-    with pytest.raises(InvalidStructure, match="energy and forces"):
+    with pytest.raises(InvalidStructure, match="no forces in the labels"):
         train_ensemble([partial], TrainConfig(epochs=1, progress=False), model_config=small_config())
     with pytest.raises(DataFileError, match="no training frames"):
         train_ensemble([], TrainConfig(epochs=1, progress=False))
