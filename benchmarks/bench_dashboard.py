@@ -8,7 +8,12 @@ realistic size, failures, Generation documents with ledger and metrics), then ti
 * ``report``: the static HTML report (render only, and its size),
 * ``first paint``: headless Chromium (Playwright) from navigation until every graph has
   drawn and the generations table is there, with the snapshot already taken — which is
-  how the served page works (the snapshot is refreshed in the background).
+  how the served page works (the snapshot is refreshed in the background),
+* ``--summaries``: the snapshot again after writing per-generation summaries (checked
+  equal to the live numbers), the time to rebuild them all and to write one,
+* ``--first-view N``: first contentful paint, per-element numbers visible, React mounted,
+  heat map and all charts drawn, for the dashboard and the static report, on a synthetic
+  snapshot of N labels (no database: what the page costs depends on the snapshot only).
 
 Against the embedded store (mongomock-ng, in-process) or a MongoDB-wire server
 (``--uri``, or ``--ferretdb BIN`` to start FerretDB v1 on loopback here). Several
@@ -213,7 +218,190 @@ def time_first_paint(server, repeats: int, screenshot: Path | None) -> dict:
     return {"periodic_table_wall_s": top, "all_wall_s": times, "browser_cpu_s": browser_cpu, "server_cpu_s": server_cpu}
 
 
-def run_size(uri, generations, elements, per_generation, repeat, browser, screenshot_dir, database_process=None) -> dict:
+FIRST_VIEW_MARKS = """
+window.__marks = {};
+(() => {
+  const mark = (name) => { if (!(name in window.__marks)) window.__marks[name] = performance.now(); };
+  const check = () => {
+    // requestAnimationFrame callbacks run just before a frame is painted
+    const cell = document.querySelector('.pt-cell[data-labelled]');
+    if (cell && cell.getBoundingClientRect().height > 0 && getComputedStyle(cell).visibility === 'visible'
+        && cell.closest('.pt-html') && getComputedStyle(cell.closest('.pt-html')).display !== 'none') mark('numbers_visible');
+    if (document.querySelector('#summary') && !document.querySelector('#first-view')) mark('react_mounted');
+    if (document.querySelector('#periodic-table .js-plotly-plot .main-svg')) mark('heatmap_drawn');
+    const graphs = document.querySelectorAll('.js-plotly-plot');
+    if (graphs.length >= 13 && [...graphs].every(d => d._fullLayout && d.querySelector('.main-svg'))
+        && document.querySelector('#generations tbody tr')) mark('all_drawn');
+    if (!('all_drawn' in window.__marks)) requestAnimationFrame(check);
+  };
+  requestAnimationFrame(check);
+})();
+"""
+
+
+REPORT_MARKS = """
+window.__marks = {};
+(() => {
+  const mark = (name) => { if (!(name in window.__marks)) window.__marks[name] = performance.now(); };
+  const check = () => {
+    const cell = document.querySelector('.pt-cell[data-labelled]');
+    if (cell && cell.getBoundingClientRect().height > 0) mark('numbers_visible');
+    const graphs = document.querySelectorAll('.js-plotly-plot');
+    if (graphs.length >= 16 && [...graphs].every(d => d._fullLayout && d.querySelector('.main-svg'))) mark('all_drawn');
+    if (!('all_drawn' in window.__marks)) requestAnimationFrame(check);
+  };
+  requestAnimationFrame(check);
+})();
+"""
+
+
+def synthetic_snapshot(generations: int, n_elements: int, labels: int, seed: int = 0):
+    """A snapshot as 100 generations x 60 elements x ``labels`` would reduce to (no database)."""
+    from ase.data import chemical_symbols
+
+    from pipeline.dashboard.queries import Snapshot
+
+    rng = np.random.default_rng(seed)
+    symbols = [chemical_symbols[z] for z in range(1, n_elements + 1)]
+    weights = 1.0 / np.arange(1, n_elements + 1) ** 0.7
+    weights /= weights.sum()
+    per_generation = labels // generations
+    snapshot = Snapshot(taken_at=datetime.now(timezone.utc), seconds=0.0, engine="synthetic", database="synthetic")
+    samplers = ("random", "melt_quench", "substitution")
+    for g in range(generations):
+        for e, n in zip(symbols, rng.multinomial(int(per_generation * 1.8), weights)):  # ~1.8 elements per frame
+            snapshot.labels_by_element[(g, e)] = int(n)
+            snapshot.failures_by_element[(g, e)] = int(n // 20)
+        for source, n in zip(samplers, rng.multinomial(per_generation, [0.5, 0.3, 0.2])):
+            snapshot.labels_by_source[(g, source)] = int(n)
+            snapshot.frames_by_source[(g, source, "candidate")] = int(n * 1.05)
+        snapshot.labels_by_generation[g] = per_generation
+        snapshot.failures_by_generation[g] = per_generation // 20
+        snapshot.dft_time[g] = {"n": per_generation, "wall_time": per_generation * float(rng.uniform(30, 300))}
+        snapshot.scf_cycles[g] = {"n": per_generation, "cycles": per_generation * float(rng.uniform(10, 30))}
+        for reason in FAILURE_REASONS:
+            snapshot.failure_reasons[(g, reason)] = per_generation // 80
+        snapshot.generations.append(
+            {
+                "number": g, "status": "completed" if g < generations - 1 else "running",
+                "thresholds": {"lo": 0.05, "hi": 0.5},
+                "counts": {"explored": 20 * per_generation, "accurate": 14 * per_generation, "candidate": 5 * per_generation,
+                           "failed": per_generation, "selected": per_generation},
+                "ledger": {e: {"explored": 100, "accurate": 70, "candidate": 25, "failed": 5, "selected": 10} for e in symbols},
+                "stages": {st: {"status": "completed", "seconds": 3600.0} for st in ("train", "explore", "select", "label", "report")},
+                "metrics": {"model": {"frames": 1000, "energy_mae_per_atom": 0.01, "force_mae": float(rng.uniform(0.05, 0.3)),
+                                      "per_element": {e: {"force_mae": float(rng.uniform(0.02, 0.3)), "n_atoms": 50} for e in symbols}},
+                            "sentinel": {"frames": 10, "energy_mae_per_atom": 0.004, "force_mae": 0.05,
+                                         "per_element": {e: {"force_mae": float(rng.uniform(0.02, 0.2)), "n_atoms": 20} for e in symbols}},
+                            "sigma_f_quantiles": {"q50": 0.08, "q90": 0.3}},
+                "prefect_flow_run_id": str(uuid.UUID(int=g)),
+                "started_at": datetime(2025, 1, 1) + timedelta(days=g),
+                "finished_at": datetime(2025, 1, 1) + timedelta(days=g, hours=5),
+            }
+        )  # fmt: skip
+    for n_atoms in range(2, 65):
+        for device in ("cpu", "gpu"):
+            snapshot.wall_time_by_size[(n_atoms, device)] = {"n": 50, "wall_time": 50 * 0.05 * n_atoms**2}
+    snapshot.calibration = {
+        g: [{"sigma_f": float(x), "force_error_max": float(x * rng.lognormal(0, 0.5)), "selected_as": "candidate"}
+            for x in rng.uniform(0.03, 0.6, 100)]
+        for g in range(generations - 20, generations)
+    }  # fmt: skip
+    return snapshot
+
+
+def first_view_benchmark(generations: int, n_elements: int, labels: int, repeat: int, screenshot_dir) -> dict:
+    """Navigation -> first contentful paint, per-element numbers visible, React mounted, heat map, all charts."""
+    from playwright.sync_api import sync_playwright
+
+    from pipeline.dashboard.app import DashboardServer, Drawings
+    from pipeline.dashboard.readonly import ReadOnlyDatabase
+
+    snapshot = synthetic_snapshot(generations, n_elements, labels)
+    server = DashboardServer(ReadOnlyDatabase(None), port=0, refresh_s=3600)
+    server.source._drawings = Drawings(snapshot).warm()  # as the refresh thread publishes it
+    server.source._version = 1
+    thread = __import__("threading").Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    runs = []
+    try:
+        import urllib.request
+
+        index_kb = len(urllib.request.urlopen(server.url, timeout=60).read()) / 1e3
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=os.environ.get("SELFPLAY_CHROMIUM", "/usr/bin/chromium"),
+                                                 args=CHROMIUM_ARGS)  # fmt: skip
+            for attempt in range(repeat + 1):  # the first load warms the browser's cache of the JS bundles
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.add_init_script(FIRST_VIEW_MARKS)
+                load0 = os.getloadavg()[0]
+                page.goto(server.url, wait_until="commit")
+                page.wait_for_function("() => 'all_drawn' in window.__marks", timeout=180000, polling=50)
+                marks = page.evaluate("() => window.__marks")
+                paints = page.evaluate("() => Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+                numbers = page.evaluate(
+                    "() => Object.fromEntries([...document.querySelectorAll('#periodic-table-html [data-symbol]')]"
+                    ".map(c => [c.dataset.symbol, +c.dataset.labelled]))"
+                )  # fmt: skip
+                if attempt:
+                    runs.append({**{k: v / 1000 for k, v in paints.items()}, **{k: v / 1000 for k, v in marks.items()},
+                                 "load_average_1min": load0})  # fmt: skip
+                if attempt == 1 and screenshot_dir:
+                    page.screenshot(path=str(screenshot_dir / "first-view-drawn.png"))
+                page.close()
+            # the static report of the same snapshot, opened from a file
+            from pipeline.dashboard.report import render_report
+
+            report_runs = []
+            with tempfile.TemporaryDirectory() as directory:
+                report = Path(directory) / "report.html"
+                report.write_text(render_report(snapshot), encoding="utf-8")
+                for attempt in range(repeat):
+                    page = browser.new_page(viewport={"width": 1400, "height": 900})
+                    page.add_init_script(REPORT_MARKS)
+                    page.goto(report.as_uri(), wait_until="commit")
+                    page.wait_for_function("() => 'all_drawn' in window.__marks", timeout=180000, polling=50)
+                    marks = page.evaluate("() => window.__marks")
+                    paints = page.evaluate("() => Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+                    report_runs.append({**{k: v / 1000 for k, v in paints.items()}, **{k: v / 1000 for k, v in marks.items()},
+                                        "load_average_1min": os.getloadavg()[0]})  # fmt: skip
+                    page.close()
+            # what the first paint shows: the page with scripts disabled
+            context = browser.new_context(java_script_enabled=False, viewport={"width": 1400, "height": 900})
+            page = context.new_page()
+            page.goto(server.url)
+            if screenshot_dir:
+                page.screenshot(path=str(screenshot_dir / "first-view-no-script.png"), full_page=True)
+            context.close()
+            browser.close()
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    expected = snapshot.element_totals("labels")
+    assert all(numbers.get(e) == n for e, n in expected.items()), "first view numbers differ from the snapshot"
+    return {"kind": "first_view", "generations": generations, "elements": n_elements, "labels": sum(snapshot.labels_by_generation.values()),
+            "index_html_kb": index_kb, "runs": runs, "report_runs": report_runs}  # fmt: skip
+
+
+def chromium_version() -> str:
+    try:
+        return subprocess.run([os.environ.get("SELFPLAY_CHROMIUM", "/usr/bin/chromium"), "--version"], capture_output=True,
+                              text=True, timeout=30).stdout.strip()  # fmt: skip
+    except OSError:
+        return "?"
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(name)
+    except Exception:
+        return "?"
+
+
+def run_size(uri, generations, elements, per_generation, repeat, browser, screenshot_dir, database_process=None,
+             summaries=False) -> dict:
     import mongoengine as me
 
     from pipeline.dashboard import figures as F
@@ -238,6 +426,37 @@ def run_size(uri, generations, elements, per_generation, repeat, browser, screen
             snapshot_cpu.append(time.process_time() - cpu)
             if database_process:
                 server_cpu.append(cpu_seconds([database_process]) - db_cpu)
+        if summaries:
+            from pipeline.dashboard.summaries import write_generation_summary, write_summaries
+
+            live_snapshot = snapshot
+            db_cpu = cpu_seconds([database_process]) if database_process else 0.0
+            start = time.perf_counter()
+            written = write_summaries()  # old data: one pass over everything, split per generation
+            result_summaries = {"rebuild_all_s": time.perf_counter() - start, "generations_summarised": len(written),
+                                "rebuild_database_cpu_s": (cpu_seconds([database_process]) - db_cpu) if database_process else None}  # fmt: skip
+            start = time.perf_counter()
+            write_generation_summary(written[-1])  # what one report stage adds
+            result_summaries["one_generation_s"] = time.perf_counter() - start
+            with_s, with_db = [], []
+            for _ in range(repeat):
+                db_cpu = cpu_seconds([database_process]) if database_process else 0.0
+                start = time.perf_counter()
+                snapshot = take_snapshot(db)
+                with_s.append(time.perf_counter() - start)
+                if database_process:
+                    with_db.append(cpu_seconds([database_process]) - db_cpu)
+            result_summaries.update(snapshot_s=with_s, snapshot_database_cpu_s=with_db, summarised=len(snapshot.summarised))
+            for name in ("labels_by_element", "failures_by_element", "labels_by_source", "frames_by_source", "dft_time",
+                         "scf_cycles", "wall_time_by_size", "failure_reasons", "labels_by_generation"):  # fmt: skip
+                mine, live = getattr(snapshot, name), getattr(live_snapshot, name)
+                same = mine.keys() == live.keys() and all(
+                    (abs(mine[k]["wall_time"] - live[k]["wall_time"]) < 1e-6 * max(1, abs(live[k]["wall_time"]))
+                     and mine[k]["n"] == live[k]["n"]) if isinstance(live[k], dict) and "wall_time" in live[k] else mine[k] == live[k]
+                    for k in live
+                )  # sums of floats may differ in the last bits with the order of addition
+                assert same, f"summaries differ from the live aggregation in {name}"
+            result_summaries["same_numbers_as_live"] = True
         start = time.process_time()
         for _ in range(repeat):
             numbers = snapshot.generation_numbers
@@ -259,6 +478,8 @@ def run_size(uri, generations, elements, per_generation, repeat, browser, screen
                 "wall_time_by_size": len(snapshot.wall_time_by_size), "generations": len(snapshot.generations)},
             "figures_cpu_s": figures_s, "report_render_cpu_s": report_s, "report_mb": len(html.encode()) / 1e6,
         }  # fmt: skip
+        if summaries:
+            result["with_summaries"] = result_summaries
         if browser:
             server = DashboardServer(db, port=0, refresh_s=3600).start()
             try:
@@ -283,8 +504,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--browser", action="store_true", help="also time first paint in headless Chromium")
     parser.add_argument("--screenshots", type=Path, help="directory for a full-page screenshot per size")
+    parser.add_argument("--summaries", action="store_true",
+                        help="also write per-generation summaries and time the snapshot that reads them")
+    parser.add_argument("--first-view", type=int, default=0, metavar="LABELS",
+                        help="only time first paint (first view and charts) on a synthetic snapshot of this many labels")
     parser.add_argument("--out", type=Path, help="append results to this JSON file")
     args = parser.parse_args()
+    if args.first_view:
+        result = first_view_benchmark(args.generations, args.elements, args.first_view, args.repeat, args.screenshots)
+        print(json.dumps(result), flush=True)
+        record(args, [result])
+        return
 
     ferret = None
     uri = args.uri.rstrip("/") if args.uri else None
@@ -297,7 +527,7 @@ def main() -> None:
     try:
         for size in [int(s) for s in args.labels_per_generation.split(",")]:
             result = run_size(uri, args.generations, args.elements, size, args.repeat, args.browser, args.screenshots,
-                              psutil.Process(ferret.pid) if ferret else None)  # fmt: skip
+                              psutil.Process(ferret.pid) if ferret else None, summaries=args.summaries)  # fmt: skip
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:
@@ -305,6 +535,10 @@ def main() -> None:
             ferret.terminate()
             ferret.wait(10)
         workdir.cleanup()
+    record(args, results)
+
+
+def record(args, results: list) -> None:
     import dash
     import plotly
 
@@ -313,7 +547,9 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average": os.getloadavg(),
         "python": platform.python_version(), "dash": dash.__version__, "plotly": plotly.__version__,
-        "server": "FerretDB v1 (SQLite)" if args.ferretdb else (args.uri or "embedded"),
+        "server": "none: a synthetic snapshot served from memory" if args.first_view
+        else ("FerretDB v1 (SQLite)" if args.ferretdb else (args.uri or "embedded")),
+        "chromium": chromium_version(), "playwright": package_version("playwright"),
     }  # fmt: skip
     if args.out:
         existing = json.loads(args.out.read_text()) if args.out.exists() else []

@@ -188,9 +188,16 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+#: The same for the ``selfplay db`` group.
+DB_COMMANDS: list[tuple[str, str, str]] = [
+    ("summarise", "pipeline.dashboard.cli", "summarise"),
+]
+
+
 def _register_commands() -> None:
-    for name, module, function in COMMANDS:
-        app.command(name)(getattr(importlib.import_module(module), function))
+    for group, commands in ((app, COMMANDS), (db_app, DB_COMMANDS)):
+        for name, module, function in commands:
+            group.command(name)(getattr(importlib.import_module(module), function))
 
 
 _register_commands()

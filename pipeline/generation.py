@@ -661,10 +661,25 @@ def report_stage(config: SelfplayConfig, generation: Generation, model, write_fi
     metrics["stage_seconds"] = {s: stage_state(generation, s).get("seconds") for s in STAGES}
     Generation.objects(id=generation.id).update_one(set__ledger=ledger, set__counts=counts, set__metrics=_jsonable(metrics))
     generation.reload()
+    write_dashboard_summary(generation)
     files = {}
     if write_files:
         files = write_outputs(config, generation)
     return {"counts": counts, "model_error": metrics["model"], "files": files}
+
+
+def write_dashboard_summary(generation: Generation) -> None:
+    """The dashboard's per-generation summary (its labels and failures are final from here on).
+
+    Without it the dashboard aggregates this generation live on every refresh: slower,
+    never wrong, so a failure here is logged and the generation goes on.
+    """
+    try:
+        from pipeline.dashboard.summaries import write_generation_summary
+
+        write_generation_summary(generation.number)
+    except Exception as exc:  # noqa: BLE001 - the summary is an optimisation of the dashboard
+        log.warning("generation %d: dashboard summary not written: %s", generation.number, exc)
 
 
 def write_outputs(config: SelfplayConfig, generation: Generation) -> dict:
@@ -684,7 +699,9 @@ def write_outputs(config: SelfplayConfig, generation: Generation) -> dict:
             log.warning("dashboard extra not installed: no HTML report written")
         else:
             path = workdir / "reports" / f"selfplay-gen{generation.number:04d}.html"
-            write_report(path)
+            # Written by the report stage, the last one: the generation is marked completed
+            # right after it, and the report shows it so rather than as "running".
+            write_report(path, finishing=generation.number)
             files["report"] = str(path)
     return files
 

@@ -6,6 +6,12 @@ and the page's callbacks only draw from the latest snapshot: moving the generati
 or choosing elements never waits on the database, and a slow database delays freshness,
 not the page. The page polls for a new snapshot and redraws when one arrives.
 
+The page Dash serves carries the first view (:mod:`pipeline.dashboard.firstview`: the
+headline, labelled frames per element as an HTML periodic table, the latest generations)
+in place of Dash's "Loading...", so real numbers are painted from the first response;
+React then mounts the layout, which holds the same HTML table until the Plotly heat map
+has drawn over it (plotly.js alone takes seconds to parse on a slow machine).
+
 Served by werkzeug on 127.0.0.1 unless told otherwise; there is no authentication, so
 binding another address logs a warning.
 """
@@ -22,6 +28,8 @@ from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
 from pipeline.dashboard import figures as F
+from pipeline.dashboard.firstview import STYLE as FIRST_VIEW_STYLE
+from pipeline.dashboard.firstview import periodic_table_html, to_html
 from pipeline.dashboard.queries import Snapshot, take_snapshot
 from pipeline.dashboard.readonly import ReadOnlyDatabase
 
@@ -93,6 +101,7 @@ class Drawings:
         """Draw what a fresh page shows (the full range, default choices)."""
         first, last = self.span(_slider_props(self.snapshot)["value"])
         self(F.periodic_table_figure, first, last, True, "labelled")
+        self(periodic_table_html, first, last)
         self.per_generation(first, last)
         self(F.element_growth_figure, first, last, F.default_elements(self.snapshot), True)
         self(F.selection_figure, first, last, None)
@@ -182,6 +191,7 @@ header h1 { font-size: 22px; margin: 6px 0 2px; }
 .option-row { display: flex; gap: 24px; align-items: center; flex-wrap: wrap; font-size: 14px; margin: 4px 0; }
 .option-row .dash-dropdown, .option-row .Select { min-width: 320px; }
 .note { font-size: 12px; color: #666; }
+/* first view */
 </style>
 </head>
 <body>
@@ -191,6 +201,7 @@ header h1 { font-size: 22px; margin: 6px 0 2px; }
 </html>"""
     # The rules this page shares with the static report live in one place.
     .replace("/* shared */\n", F.SHARED_STYLE)
+    .replace("/* first view */\n", FIRST_VIEW_STYLE)
 )
 
 
@@ -230,20 +241,51 @@ def _element_options(snapshot: Optional[Snapshot]) -> list[dict]:
     return [{"label": e, "value": e} for e in (snapshot.elements if snapshot else [])]
 
 
+def _header(source: SnapshotSource) -> html.Header:
+    return html.Header(
+        [
+            html.H1("selfplay — dataset dashboard"),
+            html.Div(_summary(source), id="summary", className="summary"),
+            html.Div(_freshness(source), id="freshness", className="freshness"),
+        ]
+    )
+
+
+def _first_view_parts(source: SnapshotSource) -> tuple:
+    """The periodic table as HTML (and the figure that replaces it) and the generations table."""
+    drawings = source.drawings()
+    if drawings is None:
+        return periodic_table_html(None), PLACEHOLDER, generations_table([])
+    first, last = drawings.span(_slider_props(drawings.snapshot)["value"])
+    return (
+        drawings(periodic_table_html, first, last),
+        drawings(F.periodic_table_figure, first, last, True, "labelled"),
+        generations_table(F.generation_rows(drawings.snapshot)),
+    )
+
+
+def first_view_html(source: SnapshotSource) -> str:
+    """What the browser paints before any script has run: headline, periodic table, latest generations."""
+    table, _, generations = _first_view_parts(source)
+    view = [
+        _header(source),
+        html.Div(html.Div("loading the interactive page…", className="note"), className="controls",
+                 style={"display": "block", "minHeight": "50px"}),  # fmt: skip
+        html.Section([html.H2("Dataset per element"), html.Div(table, className="pt-wrap")]),
+        html.Section([html.H2("Latest generations"), html.Div(generations, id="first-view-generations")]),
+    ]
+    return to_html(html.Div(view, className="page", id="first-view"))
+
+
 def build_layout(source: SnapshotSource) -> html.Div:
     snapshot = source.latest()
     slider = _slider_props(snapshot)
     elements = F.default_elements(snapshot) if snapshot else []
+    table_html, table_figure, generations = _first_view_parts(source)
     return html.Div(
         className="page",
         children=[
-            html.Header(
-                [
-                    html.H1("selfplay — dataset dashboard"),
-                    html.Div(_summary(source), id="summary", className="summary"),
-                    html.Div(_freshness(source), id="freshness", className="freshness"),
-                ]
-            ),
+            _header(source),
             html.Div(
                 className="controls",
                 children=[
@@ -276,7 +318,10 @@ def build_layout(source: SnapshotSource) -> html.Div:
                             inputStyle={"marginLeft": "14px"},
                         ),
                     ),
-                    _graph("periodic-table"),
+                    html.Div(
+                        className="pt-wrap",
+                        children=[table_html, dcc.Graph(id="periodic-table", config=GRAPH_CONFIG, figure=table_figure)],
+                    ),
                     html.Div(
                         "A label counts once for every element of its frame. Hover an element for its numbers.",
                         className="note",
@@ -342,7 +387,7 @@ def build_layout(source: SnapshotSource) -> html.Div:
                     html.Div(id="failure-reasons"),
                 ]
             ),
-            html.Section([html.H2("Latest generations"), html.Div(id="generations-table")]),
+            html.Section([html.H2("Latest generations"), html.Div(generations, id="generations-table")]),
             dcc.Interval(id="tick", interval=POLL_MS),
             dcc.Store(id="version", data=source.version),
             dcc.Store(id="bounds", data=[slider["min"], slider["max"]]),
@@ -363,6 +408,10 @@ def _freshness(source: SnapshotSource) -> list:
             f"database {snapshot.database} ({snapshot.engine}) · aggregated {snapshot.taken_at:%Y-%m-%d %H:%M:%S} UTC "
             f"in {snapshot.seconds:.2f} s · refreshed every {source.refresh_s:.0f} s or more · read-only"
         )
+    if snapshot and snapshot.unsummarised_completed:
+        n = len(snapshot.unsummarised_completed)
+        parts.append(f" · {n} completed generation{'s' if n != 1 else ''} without a summary, aggregated live "
+                     "(selfplay db summarise makes refreshes faster)")  # fmt: skip
     if source.last_error:
         parts.append(html.Span(f" · last refresh failed: {source.last_error}", className="error"))
     return parts
@@ -407,8 +456,24 @@ def reasons_table(reasons: list[tuple[str, int]]) -> html.Table | html.Div:
 # --------------------------------------------------------------------------- app
 
 
+class DashboardApp(Dash):
+    """Dash, with the first view painted from the page's HTML instead of "Loading...".
+
+    React renders into the same element and replaces it with the layout, which holds the
+    same periodic table and generations table, so the numbers stay on screen throughout.
+    """
+
+    def __init__(self, source: SnapshotSource, **kwargs):
+        super().__init__(__name__, **kwargs)
+        self.source = source
+
+    def interpolate_index(self, **kwargs) -> str:
+        kwargs["app_entry"] = f'<div id="react-entry-point">{first_view_html(self.source)}</div>'
+        return super().interpolate_index(**kwargs)
+
+
 def create_app(source: SnapshotSource) -> Dash:
-    app = Dash(__name__, title="selfplay dashboard", update_title=None, index_string=INDEX)
+    app = DashboardApp(source, title="selfplay dashboard", update_title=None, index_string=INDEX)
     app.layout = lambda: build_layout(source)
 
     def current() -> Drawings:

@@ -12,6 +12,21 @@ import typer
 from pipeline.errors import ConfigError
 
 
+def connect_read_only():
+    """Connect the configured store without creating indexes (a ``read``-role user suffices)."""
+    from pipeline.cli import config
+    from pipeline.store import connect
+
+    settings = config()
+    return connect(
+        settings.uri(),
+        database=settings.database,
+        timeout_ms=settings.db_timeout_ms,
+        require_persistent=True,
+        read_only=True,
+    )
+
+
 def _dashboard_extra() -> None:
     try:
         import dash  # noqa: F401
@@ -26,14 +41,14 @@ def dashboard(
     refresh: float = typer.Option(60.0, help="Seconds between re-aggregations of the store (more if it is slow)."),
 ) -> None:
     """Serve the live dashboard (read-only) on http://HOST:PORT/."""
-    from pipeline.cli import connect_store, console
+    from pipeline.cli import console
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535 (got {port})")
     if refresh <= 0:
         raise ConfigError(f"--refresh must be positive (got {refresh})")
     _dashboard_extra()
-    info = connect_store()
+    info = connect_read_only()
     from pipeline.dashboard.app import DashboardServer
     from pipeline.dashboard.readonly import ReadOnlyDatabase
 
@@ -52,11 +67,30 @@ def dashboard(
 
 def report(out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained, opens offline).")) -> None:
     """Write the dashboard as one static HTML file."""
-    from pipeline.cli import connect_store, console
+    from pipeline.cli import console
 
     _dashboard_extra()
-    connect_store()
+    connect_read_only()
     from pipeline.dashboard.report import write_report
 
     path = write_report(out)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False, soft_wrap=True)
+
+
+def summarise(
+    all_generations: bool = typer.Option(
+        False, "--all", help="Recompute every completed generation's summary, not only the missing ones."
+    ),
+) -> None:
+    """Write the dashboard's per-generation summaries (data from before summaries existed, or after a change)."""
+    from pipeline.cli import connect_store, console
+
+    connect_store()
+    from pipeline.dashboard.summaries import missing_summaries, write_summaries
+
+    numbers = None if all_generations else missing_summaries()
+    if numbers == []:
+        console.print("every completed generation has a summary", highlight=False)
+        return
+    written = write_summaries(numbers=numbers)
+    console.print(f"summarised {len(written)} generation(s)", highlight=False)

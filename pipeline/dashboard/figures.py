@@ -406,23 +406,27 @@ def element_generation_heatmap(snapshot: Snapshot, first: Optional[int] = None, 
     return _style(fig, title, height=max(300, min(900, 120 + 16 * len(elements))), legend=False)
 
 
+#: How labels written before labels carried their frame's source are shown per sampler.
+UNKNOWN_SOURCE = "unknown (label predates sources)"
+
+
 def sampler_figure(snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None) -> go.Figure:
-    """Frames picked for labelling per generation, stacked by the sampler that produced them."""
+    """Labels per generation, stacked by the sampler (or import) that produced their frames."""
     numbers = _numbers(snapshot, first, last)
     table: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for (g, source, selected_as), n in snapshot.frames_by_source.items():
-        if selected_as and in_range(g, first, last):
-            table[source or "unknown"][g] += n
-    title = "Frames picked for labelling, per sampler"
+    for (g, source), n in snapshot.labels_by_source.items():
+        if g is not None and in_range(g, first, last):
+            table[source or UNKNOWN_SOURCE][g] += n
+    title = "Labelled frames per generation, per sampler"
     if not numbers or not table:
         return empty_figure(title)
     fig = go.Figure()
     for source in sorted(table, key=lambda s: -sum(table[s].values())):
         fig.add_bar(x=numbers, y=[table[source].get(g, 0) for g in numbers], name=source,
-                    hovertemplate=f"{source}<br>generation %{{x}}<br>%{{y:,}} frames<extra></extra>")  # fmt: skip
+                    hovertemplate=f"{source}<br>generation %{{x}}<br>%{{y:,}} labels<extra></extra>")  # fmt: skip
     fig.update_layout(barmode="stack", bargap=0.15)
     _generation_axis(fig, numbers)
-    _count_axis(fig, [sum(table[s].get(g, 0) for s in table) for g in numbers], title_text="frames")
+    _count_axis(fig, [sum(table[s].get(g, 0) for s in table) for g in numbers], title_text="labels")
     return _style(fig, title)
 
 

@@ -4,6 +4,11 @@ plotly.js is inlined once (about 4.6 MB) and every figure is drawn from data emb
 the page, so the file opens in any browser without a network and can be archived or
 mailed as it is. The flow writes one after each generation
 (:func:`pipeline.generation.write_outputs` calls :func:`write_report`).
+
+The headline, the per-element numbers (an HTML periodic table, :mod:`.firstview`) and
+the tables are plain HTML, painted at once; plotly.js is kept as inert text at the end
+and run after the first paint, then the charts draw and the Plotly heat map replaces
+the HTML one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from pipeline.dashboard import figures as F
+from pipeline.dashboard.firstview import STYLE as FIRST_VIEW_STYLE
+from pipeline.dashboard.firstview import periodic_table_html, to_html
 from pipeline.dashboard.queries import Snapshot, take_snapshot
 from pipeline.dashboard.readonly import ReadOnlyDatabase
 from pipeline.errors import DataFileError
@@ -28,15 +35,38 @@ log = logging.getLogger(__name__)
 
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 
-STYLE = F.SHARED_STYLE + """
+STYLE = F.SHARED_STYLE + FIRST_VIEW_STYLE + """
 h1 { font-size: 22px; margin: 6px 0 2px; }
 .summary { font-size: 15px; margin: 2px 0; }
 .note { font-size: 12px; color: #666; }
 """
 
 
+#: Runs plotly.js (kept as inert text in the page) only after the first paint, then draws
+#: the figures queued by each graph's script: the numbers in HTML are on screen at once,
+#: instead of after the several seconds a browser needs to parse 4.6 MB of JavaScript.
+LOADER = """
+window.__plots = window.__plots || [];
+function __drawPlots() {
+  var code = document.getElementById("plotly-js"), script = document.createElement("script");
+  script.textContent = code.textContent;
+  document.head.appendChild(script);
+  code.parentNode.removeChild(code);
+  window.__plots.forEach(function (draw) { draw(); });
+}
+// once the whole page is parsed (the inert plotly.js text included) and has been painted
+document.addEventListener("DOMContentLoaded", function () {
+  requestAnimationFrame(function () { setTimeout(__drawPlots, 0); });
+});
+"""
+
+
 def _figure_html(fig, div_id: str) -> str:
-    return pio.to_html(fig, full_html=False, include_plotlyjs=False, config=GRAPH_CONFIG, div_id=div_id)
+    """The graph's div and a script that queues its drawing until plotly.js has run."""
+    text = pio.to_html(fig, full_html=False, include_plotlyjs=False, config=GRAPH_CONFIG, div_id=div_id)
+    start = text.index(">", text.index("<script")) + 1
+    end = text.rindex("</script>")
+    return f"{text[:start]}(window.__plots = window.__plots || []).push(function () {{{text[start:end]}}});{text[end:]}"
 
 
 def _generations_table(rows: list[dict]) -> str:
@@ -77,9 +107,10 @@ def render_report(snapshot: Snapshot, env: Optional[Mapping[str, str]] = None, t
     """The report as one HTML string (plotly.js included)."""
     numbers = snapshot.generation_numbers
     latest = numbers[-1] if numbers else None
+    first, last = (numbers[0], numbers[-1]) if numbers else (None, None)
     chosen = F.default_elements(snapshot)
     graphs = {
-        "periodic-table": F.periodic_table_figure(snapshot, mode="labelled"),
+        "periodic-table": F.periodic_table_figure(snapshot, first, last, mode="labelled"),
         "periodic-table-latest": (
             F.periodic_table_figure(snapshot, latest, latest, imported=False, mode="labelled")
             if latest is not None else F.empty_figure("Labelled frames per element — latest generation")
@@ -111,7 +142,8 @@ def render_report(snapshot: Snapshot, env: Optional[Mapping[str, str]] = None, t
 <div class="summary">{html.escape(F.summary_line(snapshot))}</div>
 <div class="note">database {html.escape(snapshot.database)} · written {written} · aggregated in {snapshot.seconds:.2f} s ·
 static copy: hover for numbers, click legend entries to show or hide series; <code>selfplay dashboard</code> is the live view</div>
-<section><h2>Dataset per element</h2>{row("periodic-table")}{row("periodic-table-latest", "periodic-table-failures")}
+<section><h2>Dataset per element</h2><div class="pt-wrap">{to_html(periodic_table_html(snapshot, first, last))}{div["periodic-table"]}</div>
+{row("periodic-table-latest", "periodic-table-failures")}
 <p class="note">A label counts once for every element of its frame.</p></section>
 <section><h2>Dataset growth</h2>{row("growth", "samplers")}{row("element-growth")}{row("element-heatmap")}</section>
 <section><h2>Selection</h2>{row("selection")}</section>
@@ -123,14 +155,24 @@ static copy: hover for numbers, click legend entries to show or hide series; <co
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n</head>\n<body>{body}\n</body>\n</html>\n"
+        f"<script type=\"text/javascript\">{LOADER}</script>\n</head>\n<body>{body}\n"
+        f"<script type=\"text/plain\" id=\"plotly-js\">{get_plotlyjs()}</script>\n</body>\n</html>\n"
     )
 
 
-def write_report(path: Path | str, db: Optional[ReadOnlyDatabase] = None, env: Optional[Mapping[str, str]] = None) -> Path:
-    """Aggregate the connected store (or ``db``) and write the report to ``path`` atomically."""
+def write_report(
+    path: Path | str,
+    db: Optional[ReadOnlyDatabase] = None,
+    env: Optional[Mapping[str, str]] = None,
+    finishing: Optional[int] = None,
+) -> Path:
+    """Aggregate the connected store (or ``db``) and write the report to ``path`` atomically.
+
+    ``finishing`` is the generation whose report stage writes this report: it is shown
+    completed, as the flow records it right after the report stage.
+    """
     path = Path(path)
-    snapshot = take_snapshot(db or ReadOnlyDatabase.current())
+    snapshot = take_snapshot(db or ReadOnlyDatabase.current(), finishing=finishing)
     text = render_report(snapshot, env=env)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

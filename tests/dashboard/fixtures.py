@@ -71,8 +71,17 @@ FRAMES_BY_SOURCE = {
     (1, "melt_quench", "candidate"): 1, (1, "substitution", "candidate"): 1, (1, "random", "candidate"): 2,
     (None, "import", None): 2,
 }  # fmt: skip
+# Labels per (generation, source): the source is the frame's, copied onto the label.
+LABELS_BY_SOURCE = {
+    (0, "random"): 2, (0, "melt_quench"): 1, (1, "melt_quench"): 1, (1, "substitution"): 1, (None, "import"): 2,
+}  # fmt: skip
 DFT_TIME = {0: {"n": 3, "wall_time": 35.0}, 1: {"n": 2, "wall_time": 38.0}}
 SCF_CYCLES = {0: {"n": 3, "cycles": 36}, 1: {"n": 2, "cycles": 29}}
+# Per generation, as summaries store them: (generation, n_atoms, device).
+WALL_TIME_BY_GENERATION_AND_SIZE = {
+    (0, 4, "cpu"): {"n": 2, "wall_time": 30.0}, (0, 3, "cpu"): {"n": 1, "wall_time": 5.0},
+    (1, 4, "gpu"): {"n": 1, "wall_time": 30.0}, (1, 5, "gpu"): {"n": 1, "wall_time": 8.0},
+}  # fmt: skip
 WALL_TIME_BY_SIZE = {
     (4, "cpu"): {"n": 2, "wall_time": 30.0}, (3, "cpu"): {"n": 1, "wall_time": 5.0},
     (4, "gpu"): {"n": 1, "wall_time": 30.0}, (5, "gpu"): {"n": 1, "wall_time": 8.0},

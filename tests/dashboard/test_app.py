@@ -23,6 +23,11 @@ TABLE_NUMBERS = (
     ".filter(c => c && (c[2] || c[3])).map(c => [c[0], [c[2], c[3]]]))"
 )
 TABLE_TITLE = "() => document.querySelector('#periodic-table .js-plotly-plot').layout.title.text"
+FIRST_VIEW_NUMBERS = (
+    "() => Object.fromEntries([...document.querySelectorAll('#periodic-table-html [data-symbol]')]"
+    ".filter(c => +c.dataset.labelled || +c.dataset.failures)"
+    ".map(c => [c.dataset.symbol, [+c.dataset.labelled, +c.dataset.failures]]))"
+)
 
 
 def expected(first=None, last=None, imported=True) -> dict:
@@ -111,9 +116,14 @@ def test_dashboard_in_a_browser(served, browser, store, artifacts):
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(served.url)
     page.wait_for_function(HEATMAP_READY, timeout=30000)
+    page.wait_for_selector("#periodic-table .main-svg")
 
     # per-element numbers shown = the database's (all generations + imported)
     assert page.evaluate(TABLE_NUMBERS) == expected()
+    # the layout keeps the first view's HTML table (nothing blank while plotly.js loads), hidden once the heat map is drawn
+    assert page.evaluate(FIRST_VIEW_NUMBERS) == expected()
+    assert not page.locator("#periodic-table-html").is_visible()
+    assert page.locator("#first-view").count() == 0  # React replaced the served first view
     text = hover_text(page, "Cu")
     assert "labelled: 3" in text and "failures: 2" in text
     page.wait_for_selector("#generations tbody tr")
@@ -164,3 +174,19 @@ def test_empty_store_in_a_browser(embedded_store, browser, artifacts):
         assert errors == []
     finally:
         server.shutdown()
+
+
+@pytest.mark.browser
+def test_first_view_needs_no_script(served, browser, store, artifacts):
+    """The page's HTML alone shows the headline, the per-element numbers and the latest generations."""
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.goto(served.url)
+    assert page.evaluate(FIRST_VIEW_NUMBERS) == expected()
+    assert page.locator("#periodic-table-html [data-symbol='Cu']").get_attribute("title") == "Cu (Z=29) labelled: 3 failures: 2"
+    assert page.locator("#periodic-table-html [data-symbol='Cu']").is_visible()
+    assert "7 labels (2 imported)" in page.locator("#summary").inner_text()
+    rows = page.locator("#first-view #generations tbody tr")
+    assert rows.count() == 3 and "running" in rows.nth(0).inner_text()
+    page.screenshot(path=str(artifacts / f"dashboard-{store_kind(store)}-first-view.png"), full_page=True)
+    context.close()

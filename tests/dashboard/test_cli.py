@@ -52,3 +52,18 @@ def test_report_command_against_a_server(server_store, tmp_path):
     assert f"wrote {out}" in result.stdout
     text = out.read_text(encoding="utf-8")
     assert "7 labels (2 imported)" in text and "Plotly.newPlot" in text
+
+
+@pytest.mark.mongo
+def test_summarise_command_fills_in_missing_summaries(server_store, monkeypatch):
+    from pipeline.dashboard import cli
+    from pipeline.dashboard.summaries import missing_summaries
+
+    F.fill_store()
+    monkeypatch.setenv("SELFPLAY_MONGODB_URI", server_store)
+    assert missing_summaries() == [0, 1]
+    cli.summarise(all_generations=False)
+    assert missing_summaries() == []
+    cli.summarise(all_generations=False)  # nothing left to do
+    cli.summarise(all_generations=True)
+    assert missing_summaries() == []

@@ -108,6 +108,7 @@ def synthetic_snapshot(generations: int, elements: int, seed: int = 0) -> Snapsh
         snapshot.failures_by_generation[g] = rng.randint(0, 300)
         for source in ("random", "melt_quench", "substitution"):
             snapshot.frames_by_source[(g, source, "candidate")] = rng.randint(100, 2000)
+            snapshot.labels_by_source[(g, source)] = rng.randint(100, 2000)
         snapshot.dft_time[g] = {"n": 100, "wall_time": 100 * rng.uniform(30, 300)}
         snapshot.scf_cycles[g] = {"n": 100, "cycles": 100 * rng.uniform(10, 30)}
         snapshot.failure_reasons[(g, "unconverged: SCF did not converge")] = rng.randint(0, 200)

@@ -49,6 +49,9 @@ def test_report_is_self_contained(embedded_store, tmp_path):
     # the Prefect link is a plain hyperlink, not a resource
     assert 'href="http://127.0.0.1:4200/runs/flow-run/0c0ffee0-0000-4000-8000-000000000001"' in text
     assert not list(tmp_path.joinpath("out").glob(".report.html.*"))  # the temporary file was renamed
+    # the per-element numbers are in the HTML itself, painted before plotly.js runs
+    assert 'title="Cu (Z=29) labelled: 3 failures: 2"' in text and 'title="Al (Z=13) labelled: 2 failures: 1"' in text
+    assert text.index('id="periodic-table-html"') < text.index('id="plotly-js"')
 
 
 def test_report_of_an_empty_store(embedded_store, tmp_path):
@@ -93,6 +96,43 @@ def test_report_renders_offline(browser, store, tmp_path, artifacts):
         "() => document.getElementById('periodic-table').data[0].customdata.flat().filter(c => c && (c[2] || c[3]))"
     )
     assert {c[0]: (c[2], c[3]) for c in cells} == {"H": (3, 0), "C": (1, 0), "O": (1, 3), "Al": (2, 1), "Cu": (3, 2)}
+    assert not page.locator("#periodic-table-html").is_visible()  # the heat map replaced the HTML table
     page.screenshot(path=str(artifacts / f"report-{store_kind(store)}.png"), full_page=True)
     context.close()
     assert requested == [] and errors == []
+
+
+def test_the_flows_report_shows_its_own_generation_completed(embedded_store, tmp_path):
+    """The report stage writes the report before the flow marks the generation finished."""
+    import re
+
+    from pipeline.config import load_config
+    from pipeline.dashboard.queries import take_snapshot
+    from pipeline.dashboard.readonly import ReadOnlyDatabase
+    from pipeline.documents import Generation
+    from pipeline.generation import finish_generation, report_stage, run_stage
+
+    F.fill_store()
+    config = load_config(workdir=tmp_path, generation={"export_hdf5": False, "write_report": True})
+    generation = Generation.objects.get(number=2)  # running in the fixture
+    result = run_stage(generation, "report", lambda: report_stage(config, generation, model=None))
+    text = open(result["files"]["report"], encoding="utf-8").read()
+    row = re.search(r'<tr data-generation="2">.*?</tr>', text).group(0)
+    assert 'class="status status-completed"' in row and "running" not in row
+    generation.reload()
+    assert generation.status == "running"  # the database says so until the flow's next step...
+    finish_generation(generation)
+    snapshot = take_snapshot(ReadOnlyDatabase.current())
+    assert snapshot.generation(2)["status"] == "completed"  # ...which the report anticipated
+    # the report stage also left the generation's dashboard summary, used once it is completed
+    assert snapshot.summarised == [2] and snapshot.unsummarised_completed == [0, 1]
+    assert snapshot.totals == take_snapshot(ReadOnlyDatabase.current(), use_summaries=False).totals
+
+
+def test_report_without_finishing_shows_the_stored_status(embedded_store, tmp_path):
+    import re
+
+    F.fill_store()
+    text = write_report(tmp_path / "report.html").read_text(encoding="utf-8")
+    row = re.search(r'<tr data-generation="2">.*?</tr>', text).group(0)
+    assert 'class="status status-running"' in row
