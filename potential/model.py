@@ -398,18 +398,30 @@ class EnsemblePotential(nn.Module):
         floats = 2 * n_filters + 3 * c.layers * gathered
         return self.n_members * floats * torch.finfo(self.dtype).bits // 8
 
+    def memory_budget(self) -> int:
+        """Bytes one model call may take for its intermediates.
+
+        :attr:`EVALUATE_MEMORY_BYTES` on the CPU. On a GPU, half of the device memory free
+        right now, if that is more: there the members run in parallel only when they fit
+        together, and running them in parallel is what makes an ensemble cheap.
+        """
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(self.EVALUATE_MEMORY_BYTES, free // 2)
+        return self.EVALUATE_MEMORY_BYTES
+
     def default_max_edges(self, memory_bytes: int | None = None) -> int:
         """Edges per model call so that one call stays within ``memory_bytes``
-        (default :attr:`EVALUATE_MEMORY_BYTES`)."""
-        budget = self.EVALUATE_MEMORY_BYTES if memory_bytes is None else memory_bytes
+        (default :meth:`memory_budget`)."""
+        budget = self.memory_budget() if memory_bytes is None else memory_bytes
         return max(1, int(budget // self.bytes_per_edge()))
 
     def evaluate(self, frames, *, stress: bool | None = None, max_edges: int | None = None) -> list[dict]:
         """Evaluate many structures in as few model calls as memory allows.
 
         Frames are grouped into calls of at most ``max_edges`` edges (default
-        :meth:`default_max_edges`: about 2 GiB of intermediates; 83 k edges for the default
-        4-member float32 model); a single frame with more edges still runs alone in one call.
+        :meth:`default_max_edges`: on the CPU about 2 GiB of intermediates, 83 k edges for
+        the default 4-member float32 model; on a GPU half its free memory); a single frame with more edges still runs alone in one call.
         Returns one dict per frame (numpy / float): ``energy`` (eV, ensemble mean),
         ``forces`` (n, 3), ``stress`` (6, Voigt xx yy zz yz xz xy, eV/Å³; fully periodic
         frames only, unless ``stress=False``), ``force_deviation`` (n,) σ_i =
@@ -442,7 +454,7 @@ class EnsemblePotential(nn.Module):
         running together (on CPU the work is per member and edge anyway, and the larger
         intermediates cost more than proportionally), so this bounds memory at no loss."""
         per_member = self.bytes_per_edge() // self.n_members * max(1, len(graph.src))
-        group = max(1, int(self.EVALUATE_MEMORY_BYTES // per_member))
+        group = max(1, int(self.memory_budget() // per_member))
         if group >= self.n_members:
             return self(graph, forces=True, stress=stress)
         parts = []
