@@ -12,7 +12,6 @@ and a duplicate-key error simply means another writer got there first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Iterable
@@ -30,7 +29,7 @@ from pipeline import arrays
 from pipeline.config import mask_uri
 from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, hill_formula_of_counts, utcnow
 from pipeline.errors import InvalidStructure, StoreError, StoreUnavailable
-from pipeline.hashing import HASH_VERSION, POSITION_TOLERANCE
+from pipeline.hashing import frame_hashes
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +163,6 @@ def add_frame(atoms: Atoms, *, source: str, **fields) -> tuple[Frame, bool]:
         return existing, False
 
 
-def _check_label_arrays(frame: Frame, energy: float, forces, stress) -> tuple[np.ndarray, np.ndarray | None]:
-    _, forces, stress = arrays.label_arrays(energy, forces, stress, frame.n_atoms, f"frame {frame.hash[:12]}")
-    return forces, stress
-
-
 def add_label(
     frame: Frame,
     *,
@@ -182,7 +176,7 @@ def add_label(
     generation: int | None = None,
 ) -> tuple[Label, bool]:
     """Store a label for ``frame`` at ``theory`` unless one exists; returns ``(label, created)``."""
-    forces, stress = _check_label_arrays(frame, float(energy), forces, stress)
+    energy, forces, stress = arrays.label_arrays(energy, forces, stress, frame.n_atoms, f"frame {frame.hash[:12]}")
     label = Label(
         frame=frame,
         frame_hash=frame.hash,
@@ -357,7 +351,6 @@ def _chunks(items: list, size: int = 10_000):
         yield items[start : start + size]
 
 
-_HASH_PREFIX = f"selfplay-frame-v{HASH_VERSION}".encode()
 _SYMBOLS = np.array(chemical_symbols + [""] * (128 - len(chemical_symbols)), dtype=object)
 
 
@@ -372,8 +365,8 @@ def frame_documents(
     """Frame documents (as :func:`pipeline.documents.frame_fields` makes them, plus a new
     ``_id`` and ``created_at``) for many frames at once.
 
-    The content hash is byte for byte :func:`pipeline.hashing.frame_hash`: the same
-    quantisation, done on the concatenated positions of the batch instead of frame by frame.
+    The content hashes come from :func:`pipeline.hashing.frame_hashes` on the concatenated
+    arrays of the batch, the function :func:`~pipeline.hashing.frame_hash` also uses.
     """
     n = len(frames)
     now = now or utcnow()
@@ -393,12 +386,9 @@ def frame_documents(
     pbcs = np.stack([np.asarray(a.pbc, dtype=bool) for a in frames])
 
     numbers_u1 = numbers.astype(arrays.NUMBERS).tobytes()
-    numbers_i2 = numbers.astype("<i2").tobytes()
     positions_bytes = np.ascontiguousarray(positions).tobytes()
     cells_bytes = np.ascontiguousarray(cells).tobytes()
-    grid_positions = np.rint(positions / POSITION_TOLERANCE).astype("<i8").tobytes()
-    grid_cells = np.rint(cells / POSITION_TOLERANCE).astype("<i8").tobytes()
-    pbc_bytes = pbcs.astype(np.uint8).tobytes()
+    hashes = frame_hashes(numbers, positions, cells, pbcs, offsets)
 
     # Element counts of all frames in one bincount: rows are frames, columns atomic numbers.
     counts = np.bincount(np.repeat(np.arange(n), sizes) * 128 + numbers, minlength=n * 128).reshape(n, 128)
@@ -410,16 +400,11 @@ def frame_documents(
     docs = []
     for i in range(n):
         a0, a1 = int(offsets[i]), int(offsets[i + 1])
-        digest = hashlib.sha256(_HASH_PREFIX)
-        digest.update(numbers_i2[2 * a0 : 2 * a1])
-        digest.update(grid_positions[24 * a0 : 24 * a1])
-        digest.update(grid_cells[72 * i : 72 * (i + 1)])
-        digest.update(pbc_bytes[3 * i : 3 * (i + 1)])
         r0, r1 = row_starts[i], row_starts[i + 1]
         present = dict(zip(column_symbols[r0:r1], column_counts[r0:r1]))
         doc = {
             "_id": ObjectId(),
-            "hash": digest.hexdigest(),
+            "hash": hashes[i],
             "n_atoms": a1 - a0,
             "numbers": numbers_u1[a0:a1],
             "positions": positions_bytes[24 * a0 : 24 * a1],
