@@ -34,6 +34,16 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_server(process: subprocess.Popen, log, grace: float) -> None:
+    """SIGTERM a server the fixtures started, SIGKILL it after ``grace`` seconds, close its log."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
 @pytest.fixture(scope="session")
 def mongo_server_uri(tmp_path_factory) -> str:
     """Base URI (no database) of a real MongoDB-wire server, or skip."""
@@ -65,12 +75,7 @@ def mongo_server_uri(tmp_path_factory) -> str:
         wait_for_port(port)
         yield f"mongodb://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_server(process, log, grace=10)
 
 
 @pytest.fixture

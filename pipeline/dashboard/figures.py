@@ -406,6 +406,19 @@ def element_generation_heatmap(snapshot: Snapshot, first: Optional[int] = None, 
     return _style(fig, title, height=max(300, min(900, 120 + 16 * len(elements))), legend=False)
 
 
+def _stacked_per_generation(numbers: list[int], table: dict[str, dict[int, int]], title: str, unit: str) -> go.Figure:
+    """Bars per generation, one stacked trace per key of ``table`` ({key: {generation: n}}),
+    the largest first."""
+    fig = go.Figure()
+    for key in sorted(table, key=lambda k: -sum(table[k].values())):
+        fig.add_bar(x=numbers, y=[table[key].get(g, 0) for g in numbers], name=key,
+                    hovertemplate=f"{key}<br>generation %{{x}}<br>%{{y:,}} {unit}<extra></extra>")  # fmt: skip
+    fig.update_layout(barmode="stack", bargap=0.15)
+    _generation_axis(fig, numbers)
+    _count_axis(fig, [sum(table[k].get(g, 0) for k in table) for g in numbers], title_text=unit)
+    return _style(fig, title)
+
+
 #: How labels written before labels carried their frame's source are shown per sampler.
 UNKNOWN_SOURCE = "unknown (label predates sources)"
 
@@ -420,14 +433,7 @@ def sampler_figure(snapshot: Snapshot, first: Optional[int] = None, last: Option
     title = "Labelled frames per generation, per sampler"
     if not numbers or not table:
         return empty_figure(title)
-    fig = go.Figure()
-    for source in sorted(table, key=lambda s: -sum(table[s].values())):
-        fig.add_bar(x=numbers, y=[table[source].get(g, 0) for g in numbers], name=source,
-                    hovertemplate=f"{source}<br>generation %{{x}}<br>%{{y:,}} labels<extra></extra>")  # fmt: skip
-    fig.update_layout(barmode="stack", bargap=0.15)
-    _generation_axis(fig, numbers)
-    _count_axis(fig, [sum(table[s].get(g, 0) for s in table) for g in numbers], title_text="labels")
-    return _style(fig, title)
+    return _stacked_per_generation(numbers, table, title, "labels")
 
 
 # -------------------------------------------------------------------- selection
@@ -725,14 +731,7 @@ def failure_figure(snapshot: Snapshot, first: Optional[int] = None, last: Option
     title = "DFT failures by kind"
     if not table:
         return empty_figure(title, "no DFT failures in this range")
-    fig = go.Figure()
-    for kind in sorted(table, key=lambda k: -sum(table[k].values())):
-        fig.add_bar(x=numbers, y=[table[kind].get(g, 0) for g in numbers], name=kind,
-                    hovertemplate=f"{kind}<br>generation %{{x}}<br>%{{y:,}} failures<extra></extra>")  # fmt: skip
-    fig.update_layout(barmode="stack", bargap=0.15)
-    _generation_axis(fig, numbers)
-    _count_axis(fig, [sum(table[k].get(g, 0) for k in table) for g in numbers], title_text="failures")
-    return _style(fig, title)
+    return _stacked_per_generation(numbers, table, title, "failures")
 
 
 def top_failure_reasons(

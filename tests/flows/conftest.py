@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import free_port
+from ..conftest import free_port, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -61,12 +61,7 @@ def prefect_server(tmp_path_factory):
             time.sleep(0.5)
         yield api, home
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_server(server, log, grace=20)
 
 
 @pytest.fixture
