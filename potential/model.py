@@ -407,7 +407,10 @@ class EnsemblePotential(nn.Module):
         """
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            return max(self.EVALUATE_MEMORY_BYTES, free // 2)
+            # Blocks torch's allocator holds from earlier calls but does not use are free
+            # to us too; without them the budget would shrink after every large call.
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return max(self.EVALUATE_MEMORY_BYTES, (free + cached) // 2)
         return self.EVALUATE_MEMORY_BYTES
 
     def default_max_edges(self, memory_bytes: int | None = None) -> int:
