@@ -356,7 +356,7 @@ def first_view_benchmark(generations: int, n_elements: int, labels: int, repeat:
             with tempfile.TemporaryDirectory() as directory:
                 report = Path(directory) / "report.html"
                 report.write_text(render_report(snapshot), encoding="utf-8")
-                for attempt in range(repeat):
+                for _ in range(repeat):
                     page = browser.new_page(viewport={"width": 1400, "height": 900})
                     page.add_init_script(REPORT_MARKS)
                     page.goto(report.as_uri(), wait_until="commit")

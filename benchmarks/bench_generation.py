@@ -51,9 +51,10 @@ def main() -> None:
     database = f"bench_generation_{int(time.time())}"
     connect(None if args.uri is None else f"{args.uri.rstrip('/')}/{database}", database=database)
     if not args.no_prefect:
-        from flows.generation import generation, prepare_local_prefect
+        from flows.temporary_server import ensure_prefect_api
 
-        prepare_local_prefect(home=str(workdir / ".prefect"))
+        ensure_prefect_api(home=workdir / ".prefect")
+        from flows.generation import generation
 
     rows = []
     for _ in range(args.generations):

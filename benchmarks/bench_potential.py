@@ -64,8 +64,8 @@ def our_config():
 def build_mace(z_list, atomic_energies, avg_num_neighbors: float, device: str):
     import numpy as np
     import torch
-    from mace import modules  # first: it allow-lists what e3nn's constants need under torch.load(weights_only)
     from e3nn import o3
+    from mace import modules  # first: it allow-lists what e3nn's constants need under torch.load(weights_only)
 
     torch.set_default_dtype(torch.float32)
     model = modules.ScaleShiftMACE(
@@ -115,8 +115,8 @@ def n_parameters(model) -> int:
 def worker_md(case: dict) -> dict:
     import torch
     from ase import units
-    from ase.md.verlet import VelocityVerlet
     from ase.md import velocitydistribution
+    from ase.md.verlet import VelocityVerlet
 
     device = case["device"]
     atoms = structure(case["n_atoms"])
@@ -287,7 +287,7 @@ def environment() -> dict:
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"),
         "cpu_count": os.cpu_count(),
         "torch_threads_default": torch.get_num_threads(),
         "load_average_start": os.getloadavg(),

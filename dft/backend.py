@@ -159,7 +159,7 @@ def kpoint_mesh(atoms: Atoms, settings: DFTSettings) -> tuple[int, int, int]:
     )  # type: ignore[return-value]
 
 
-def build_molecule(atoms: Atoms, settings: DFTSettings, plan: FramePlan):
+def build_molecule(atoms: Atoms, settings: DFTSettings, plan: FramePlan, spin: Optional[int] = None):
     from pyscf import gto
 
     symbols = atoms.get_chemical_symbols()
@@ -174,7 +174,7 @@ def build_molecule(atoms: Atoms, settings: DFTSettings, plan: FramePlan):
         covered = {s: ecp for s in plan.elements if _has_ecp(ecp, s)}
         mol.ecp = covered or {}
     mol.charge = plan.state.charge
-    mol.spin = plan.state.spin
+    mol.spin = plan.state.spin if spin is None else spin
     mol.symmetry = False
     mol.cart = False
     mol.verbose = 0
@@ -184,7 +184,7 @@ def build_molecule(atoms: Atoms, settings: DFTSettings, plan: FramePlan):
     return mol
 
 
-def build_cell(atoms: Atoms, settings: DFTSettings, plan: FramePlan):
+def build_cell(atoms: Atoms, settings: DFTSettings, plan: FramePlan, spin: Optional[int] = None):
     from pyscf.pbc import gto as pbcgto
 
     symbols = atoms.get_chemical_symbols()
@@ -195,7 +195,7 @@ def build_cell(atoms: Atoms, settings: DFTSettings, plan: FramePlan):
     cell.basis = settings.pbc_basis
     cell.pseudo = settings.pbc_pseudo
     cell.charge = plan.state.charge
-    cell.spin = plan.state.spin
+    cell.spin = plan.state.spin if spin is None else spin
     cell.precision = settings.pbc_precision
     if settings.pbc_ke_cutoff is not None:
         cell.ke_cutoff = settings.pbc_ke_cutoff
@@ -206,19 +206,32 @@ def build_cell(atoms: Atoms, settings: DFTSettings, plan: FramePlan):
     return cell
 
 
-def build_mean_field(atoms: Atoms, settings: DFTSettings, plan: FramePlan, device: str):
+def build_mean_field(
+    atoms: Atoms,
+    settings: DFTSettings,
+    plan: FramePlan,
+    device: str,
+    *,
+    spin: Optional[int] = None,
+    unrestricted: Optional[bool] = None,
+    share_with=None,
+):
     """``(cpu_mf, mf, system)``: the configured, not yet run Kohn-Sham object on ``device``,
     its CPU twin (used for initial guesses) and the ``Mole``/``Cell``.
 
     Molecules: ``RKS``/``UKS`` (+ density fitting). Cells: ``KRKS``/``KUKS`` with FFTDF and
     GTH pseudopotentials even at Γ only (``kpts=[[0, 0, 0]]``), the combination whose
-    forces and stress PySCF provides on the CPU.
+    forces and stress PySCF provides on the CPU. ``spin`` (2S) and ``unrestricted``
+    override the plan's state (the state search builds one object per candidate);
+    ``share_with``, a CPU object of the same frame that has run, lends its integration
+    grid and density-fitting tensors, which do not depend on the spin.
     """
-    unrestricted = plan.state.unrestricted
+    spin = plan.state.spin if spin is None else spin
+    unrestricted = (spin != 0 or plan.state.unrestricted) if unrestricted is None else unrestricted
     if plan.periodic:
         from pyscf.pbc import dft as pbcdft
 
-        cell = build_cell(atoms, settings, plan)
+        cell = build_cell(atoms, settings, plan, spin)
         kmesh = kpoint_mesh(atoms, settings)
         kpts = cell.make_kpts(list(kmesh), with_gamma_point=True)
         cls = pbcdft.KUKS if unrestricted else pbcdft.KRKS
@@ -227,13 +240,17 @@ def build_mean_field(atoms: Atoms, settings: DFTSettings, plan: FramePlan, devic
     else:
         from pyscf import dft as moldft
 
-        mol = build_molecule(atoms, settings, plan)
+        mol = build_molecule(atoms, settings, plan, spin)
         cls = moldft.UKS if unrestricted else moldft.RKS
         mf = cls(mol, xc=settings.functional)
         if settings.density_fit:
             mf = mf.density_fit(auxbasis=settings.auxbasis)
         system = mol
     configure(mf, settings, plan)
+    if share_with is not None and not plan.periodic:
+        mf.grids = share_with.grids
+        if settings.density_fit:
+            mf.with_df = share_with.with_df
     cpu_mf = mf
     if device == "gpu":
         import_gpu4pyscf()
@@ -271,24 +288,44 @@ def density_matrix(mf) -> np.ndarray:
     return to_numpy(mf.make_rdm1())
 
 
-def mulliken_charges(mf, system, periodic: bool) -> np.ndarray:
-    """Mulliken atomic charges (valence charges for atoms with ECP/pseudo cores)."""
+def spin_densities(mf, restricted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(alpha, beta)`` density matrices as numpy, for restricted and unrestricted alike."""
     dm = density_matrix(mf)
+    if restricted:
+        return dm / 2, dm / 2
+    return dm[0], dm[1]
+
+
+def overlap_matrix(mf, system, periodic: bool) -> np.ndarray:
+    """AO overlap: (nao, nao), or (nk, nao, nao) at the k-points of a cell."""
     if periodic:
         kpts = np.asarray(to_numpy(mf.kpts)).reshape(-1, 3)
-        overlaps = np.asarray(system.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts))
-        if dm.ndim == 4:  # (spin, k, n, n)
-            dm = dm.sum(axis=0)
-        populations = np.einsum("kij,kji->i", dm, overlaps).real / len(kpts)
+        return np.asarray(system.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts))
+    return system.intor_symmetric("int1e_ovlp")
+
+
+def ao_atom_indices(system) -> np.ndarray:
+    return np.array([atom for atom, *_rest in system.ao_labels(fmt=False)], dtype=int)
+
+
+def atom_populations(dm: np.ndarray, overlap: np.ndarray, system) -> np.ndarray:
+    """Mulliken electron population of each atom for one density (molecule or k-points)."""
+    if dm.ndim == 3:  # (k, n, n)
+        per_ao = np.einsum("kij,kji->i", dm, overlap).real / dm.shape[0]
     else:
-        overlap = system.intor_symmetric("int1e_ovlp")
-        if dm.ndim == 3:  # (spin, n, n)
-            dm = dm.sum(axis=0)
-        populations = np.einsum("ij,ji->i", dm, overlap).real
-    per_atom = np.zeros(system.natm)
-    for ao, (atom, *_rest) in enumerate(system.ao_labels(fmt=False)):
-        per_atom[atom] += populations[ao]
-    return np.asarray(system.atom_charges(), dtype=float) - per_atom
+        per_ao = np.einsum("ij,ji->i", dm, overlap).real
+    return np.bincount(ao_atom_indices(system), weights=per_ao, minlength=system.natm)
+
+
+def mulliken_analysis(mf, system, periodic: bool, restricted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(charges, spin moments)`` per atom: Mulliken valence charges (cores removed by an
+    ECP or pseudopotential are not counted) and alpha − beta populations."""
+    alpha, beta = spin_densities(mf, restricted)
+    overlap = overlap_matrix(mf, system, periodic)
+    pop_alpha = atom_populations(alpha, overlap, system)
+    pop_beta = atom_populations(beta, overlap, system)
+    charges = np.asarray(system.atom_charges(), dtype=float) - pop_alpha - pop_beta
+    return charges, pop_alpha - pop_beta
 
 
 def dipole_moment(mf, mol) -> np.ndarray:

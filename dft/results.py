@@ -16,6 +16,15 @@ from ase import Atoms
 FAILURE_KINDS = ("unconverged", "timeout", "error", "gpu_error", "out_of_memory", "invalid", "worker_died")
 
 
+def theory_info(settings: Any) -> dict[str, Any]:
+    """What every result and failure of a labeller kind records about its level of theory."""
+    return {
+        "theory_key": settings.theory_key(),
+        "theory": settings.theory_spec(),
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
 @dataclass
 class DFTResult:
     """A converged single point in ASE units.
@@ -33,6 +42,21 @@ class DFTResult:
 
     ok = True
 
+    @property
+    def magmoms(self) -> Optional[np.ndarray]:
+        """Mulliken spin moment of each atom (electrons), when the labeller gives them."""
+        moments = self.info.get("magnetic_moments")
+        return None if moments is None else np.asarray(moments, dtype=float)
+
+    @property
+    def smeared(self) -> bool:
+        """Whether ``energy`` is a free energy with fractional occupations."""
+        return bool(self.info.get("smearing_used"))
+
+    def state_fields(self) -> dict[str, Any]:
+        """The electronic state as the store keeps it (``pipeline.store.add_label``)."""
+        return {"magmoms": self.magmoms, "multiplicity": self.info.get("multiplicity"), "smeared": self.smeared}
+
     def to_atoms(self, atoms: Atoms) -> Atoms:
         """A copy of ``atoms`` carrying this result in a SinglePointCalculator."""
         from ase.calculators.singlepoint import SinglePointCalculator
@@ -42,6 +66,8 @@ class DFTResult:
         results: dict[str, Any] = {"energy": self.energy, "forces": np.array(self.forces)}
         if self.stress is not None:
             results["stress"] = np.array(self.stress)
+        if self.magmoms is not None:
+            results["magmoms"] = self.magmoms
         labelled.calc = SinglePointCalculator(labelled, **results)
         return labelled
 

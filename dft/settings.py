@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import lru_cache
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,11 +20,15 @@ from pipeline.errors import ConfigError
 
 #: Bump when the meaning of a field in :meth:`DFTSettings.theory_spec` changes.
 THEORY_SPEC_VERSION = 1
+#: Bump when the electronic-state search of ``spin_policy='auto'`` changes what it can find.
+SPIN_SEARCH_VERSION = 1
 
 Device = Literal["auto", "cpu", "gpu"]
-SpinPolicy = Literal["lowest", "high", "from_info"]
+SpinPolicy = Literal["auto", "lowest", "high", "from_info"]
 Rung = Literal["damping", "guess", "newton", "smearing"]
 SmearingMethod = Literal["fermi", "gaussian"]
+#: Dispersion corrections any labeller kind can add (dft/dispersion.py); part of the key when set.
+Dispersion = Literal["d3bj", "d4"]
 
 DEFAULT_LADDER: tuple[Rung, ...] = ("damping", "guess", "newton", "smearing")
 
@@ -38,6 +42,11 @@ class DFTSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The labeller kind (dft/labeller.py); not in theory_spec, so existing keys stay.
+    backend: Literal["pyscf"] = "pyscf"
+    #: Whether :meth:`compute` needs a working directory of its own per frame.
+    uses_workdir: ClassVar[bool] = False
 
     # --- level of theory: molecules and clusters ------------------------------------------
     functional: str = Field("PBE", description="Exchange-correlation functional (libxc name as PySCF reads it).")
@@ -78,9 +87,21 @@ class DFTSettings(BaseModel):
     # --- electronic state -----------------------------------------------------------------
     charge: int = Field(0, description="Net charge unless spin_policy='from_info' and atoms.info has 'charge'.")
     spin_policy: SpinPolicy = Field(
-        "lowest",
-        description="'lowest': singlet or doublet; 'high': sum of free-atom ground-state moments (parity-corrected); "
-        "'from_info': atoms.info['charge'] and atoms.info['spin'] (= 2S), falling back to 'lowest'.",
+        "auto",
+        description="'auto': search for the lowest electronic state (spin-polarized, broken-symmetry and higher "
+        "multiplicities, SCF stability; see dft/spin.py); 'lowest': singlet or doublet only; 'high': sum of "
+        "free-atom ground-state moments (parity-corrected); 'from_info': atoms.info['charge'] and "
+        "atoms.info['spin'] (= 2S), falling back to 'auto'.",
+    )
+    spin_search_gap: float = Field(
+        3.0,
+        ge=0,
+        description="'auto': a frame whose first (lowest-spin) solution has a HOMO-LUMO gap of at least this "
+        "many eV is accepted as it is (the cheap path of closed-shell molecules near equilibrium); below it the "
+        "state search runs.",
+    )
+    spin_max_states: int = Field(
+        6, ge=2, le=40, description="'auto': at most this many spin multiplicities per frame in the search."
     )
     # --- smearing and the rescue ladder ---------------------------------------------------
     smearing_method: SmearingMethod = "fermi"
@@ -88,6 +109,9 @@ class DFTSettings(BaseModel):
     always_smear: bool = Field(False, description="Smear from the first SCF (metals), not only as the last rung.")
     ladder: tuple[Rung, ...] = Field(
         DEFAULT_LADDER, description="Rescue rungs tried in order after the plain DIIS SCF fails to converge."
+    )
+    dispersion: Optional[Dispersion] = Field(
+        None, description="D3(BJ) or D4 correction added to energy, forces and stress (dft/dispersion.py)."
     )
     # --- execution (not part of the level of theory) --------------------------------------
     device: Device = Field("auto", description="'auto' = GPU4PySCF when a CUDA GPU and gpu4pyscf exist, else CPU.")
@@ -168,7 +192,7 @@ class DFTSettings(BaseModel):
                 "integrals": "fftdf",
             },
             "scf": {"conv_tol": self.conv_tol, "conv_tol_grad": self.conv_tol_grad},
-            "electronic_state": {"charge": self.charge, "spin_policy": self.spin_policy},
+            "electronic_state": self._electronic_state_spec(),
             # Smearing changes the number (free energy) for the frames that need it.
             "smearing": (
                 {
@@ -180,15 +204,55 @@ class DFTSettings(BaseModel):
                 else None
             ),
         }
+        if self.dispersion:  # only when set: labels without dispersion keep their key
+            from dft.dispersion import dispersion_spec
+
+            spec["dispersion"] = dispersion_spec(self)
+        return spec
+
+    def _electronic_state_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"charge": self.charge, "spin_policy": self.spin_policy}
+        if self.spin_policy in ("auto", "from_info"):
+            # What decides which state the search can find; the older policies keep the
+            # spec (and so the keys) they always had.
+            spec["search"] = {
+                "version": SPIN_SEARCH_VERSION,
+                "gap_ev": self.spin_search_gap,
+                "max_states": self.spin_max_states,
+            }
         return spec
 
     def theory_key(self) -> str:
         """Stable short hash of :meth:`theory_spec` (16 hex digits of SHA-256)."""
-        return _hash_spec(json.dumps(self.theory_spec(), sort_keys=True, separators=(",", ":")))
+        return spec_key(self.theory_spec())
 
     def check(self) -> None:
         """Raise :class:`ConfigError` if the functional is unknown to PySCF/libxc."""
         _check_functional(self.functional)
+
+    # --- the labeller protocol (dft/labeller.py) --------------------------------------------
+    def plan(self, atoms, name: str = "frame"):
+        """Validate one frame; a picklable :class:`dft.validate.FramePlan`."""
+        from dft.validate import plan_frame
+
+        return plan_frame(atoms, self, name)
+
+    def preload(self, plan) -> None:
+        """Import PySCF (and GPU4PySCF) in the worker before its time limit starts."""
+        from dft.runner import preload_pyscf
+
+        preload_pyscf(plan, self)
+
+    def compute(self, atoms, plan, *, on_attempt=None, name: str = "frame", workdir=None):
+        """The SCF rescue ladder and forces in this process: a result or a recorded failure."""
+        from dft.compute import compute_frame
+
+        return compute_frame(atoms, self, plan=plan, on_attempt=on_attempt, name=name)
+
+
+def spec_key(spec: dict[str, Any]) -> str:
+    """The level-of-theory key of a spec: 16 hex digits of the SHA-256 of its canonical JSON."""
+    return _hash_spec(json.dumps(spec, sort_keys=True, separators=(",", ":")))
 
 
 @lru_cache(maxsize=64)

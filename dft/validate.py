@@ -38,6 +38,8 @@ class ElectronicState:
     n_electrons: int  # all-electron count (before ECP/pseudo removes cores)
     policy: str
     source: str  # "settings" or "atoms.info"
+    #: Whether the lowest state is searched for (dft/spin.py) or this one is computed.
+    search: bool = False
 
     @property
     def multiplicity(self) -> int:
@@ -234,6 +236,7 @@ def electronic_state(atoms: Atoms, settings: DFTSettings, name: str = "frame") -
             f"{name}: charge {charge:+d} leaves {n_electrons} electrons (the nuclei have {total_z} protons)"
         )
     parity = n_electrons % 2
+    search = spin is None and policy in ("auto", "from_info")
     if spin is None:
         if policy == "high":
             moments = int(round(sum(ground_state_magnetic_moments[z] for z in atoms.numbers)))
@@ -250,7 +253,9 @@ def electronic_state(atoms: Atoms, settings: DFTSettings, name: str = "frame") -
         )
     if spin > n_electrons:
         raise InvalidStructure(f"{name}: spin 2S={spin} exceeds the {n_electrons} electrons")
-    return ElectronicState(charge=charge, spin=spin, n_electrons=n_electrons, policy=policy, source=source)
+    return ElectronicState(
+        charge=charge, spin=spin, n_electrons=n_electrons, policy=policy, source=source, search=search
+    )
 
 
 def _integer(value, what: str, name: str) -> int:

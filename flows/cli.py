@@ -10,7 +10,10 @@ import typer
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+#: The demo's configuration per labeller kind: PySCF DFT (minutes per generation) or
+#: GFN2-xTB through tblite (seconds per generation, so many of them).
+DEMO_CONFIGS = {"pyscf": Path(__file__).with_name("demo.yaml"), "xtb": Path(__file__).with_name("demo_xtb.yaml")}
+DEMO_GENERATIONS = {"pyscf": 2, "xtb": 12}
 
 
 def _print_generation(number: int) -> None:
@@ -47,41 +50,132 @@ def _print_generation(number: int) -> None:
                 f"forces {stats['force_mae']:.3f} eV/Å MAE ({stats['frames']} frames)",
                 highlight=False,
             )
+    _print_files(number)
+
+
+def _print_files(number: int) -> None:
+    """The snapshot and report a generation wrote."""
+    from pipeline.documents import Generation
+
+    record = Generation.objects.get(number=number)
     files = (record.stages or {}).get("report", {}).get("result", {}).get("files", {})
     for kind in ("hdf5", "report"):
         if files.get(kind):
-            console.print(f"  {kind}: {files[kind]}", highlight=False)
+            typer.echo(f"  {kind}: {files[kind]}")
+
+
+#: Columns of the per-generation table of ``selfplay demo --backend xtb``: (title, width).
+TABLE_COLUMNS = (
+    ("gen", 3),
+    ("trained on", 10),
+    ("explored", 8),
+    ("selected", 8),
+    ("labelled", 8),
+    ("failed", 6),
+    ("force MAE eV/Å", 14),
+    ("energy MAE meV/atom", 19),
+    ("seconds", 7),
+)
+
+
+def _table_line(cells) -> str:
+    return "  ".join(str(cell).rjust(width) for cell, (_, width) in zip(cells, TABLE_COLUMNS))
+
+
+def _table_row(number: int) -> str:
+    """One generation as a row: what it trained on, found, labelled, and the model's error on its new labels."""
+    from pipeline.documents import Generation
+
+    record = Generation.objects.get(number=number)
+    counts = record.counts or {}
+    model = (record.metrics or {}).get("model")
+    train = (record.stages or {}).get("train", {}).get("result", {})
+    seconds = sum((stage or {}).get("seconds") or 0.0 for stage in (record.stages or {}).values())
+    return _table_line(
+        [
+            record.number,
+            train.get("frames", "-") if train.get("model") else "-",
+            counts.get("explored", 0),
+            counts.get("selected", 0),
+            counts.get("labelled", 0),
+            counts.get("dft_failed", 0),
+            f"{model['force_mae']:.3f}" if model else "-",
+            f"{model['energy_mae_per_atom'] * 1000:.1f}" if model else "-",
+            f"{seconds:.0f}",
+        ]
+    )
+
+
+def _describe_labeller(settings) -> str:
+    if settings.backend == "xtb":
+        return f"{settings.method} with tblite"
+    return f"DFT {settings.functional}/{settings.basis} with PySCF"
 
 
 def demo(
-    generations: int = typer.Option(2, min=1, max=5, help="Generations to run (the first is a cold start)."),
+    generations: Optional[int] = typer.Option(
+        None,
+        min=1,
+        max=40,
+        help="Generations to run, the first a cold start (default: 2 with pyscf, 12 with xtb).",
+    ),
+    backend: str = typer.Option(
+        "pyscf", "--backend", help="pyscf: DFT labels, minutes a generation; xtb: GFN2-xTB labels, seconds a generation."
+    ),
     workdir: Path = typer.Option(Path("selfplay-demo"), help="Where models, snapshot and report land."),
-    prefect: bool = typer.Option(True, help="Run through Prefect (a temporary local server if none is configured)."),
+    prefect: Optional[bool] = typer.Option(
+        None,
+        help="Run through Prefect (a temporary local server if no PREFECT_API_URL is configured); "
+        "default: with pyscf yes, with xtb no (Prefect's per-task overhead would outweigh the labels).",
+    ),
 ) -> None:
     """Run small, real generations on CPU on the embedded store (no database or server needed)."""
+    from dft.labeller import check_settings
     from pipeline.config import load_config
+    from pipeline.errors import ConfigError
     from pipeline.store import connect
 
-    config = load_config(DEMO_CONFIG, workdir=workdir, mongodb_uri=None)
+    if backend not in DEMO_CONFIGS:
+        raise ConfigError(f"--backend must be one of {', '.join(DEMO_CONFIGS)}, not {backend!r}")
+    config_file = DEMO_CONFIGS[backend]
+    generations = generations or DEMO_GENERATIONS[backend]
+    if prefect is None:
+        prefect = backend == "pyscf"
+    config = load_config(config_file, workdir=workdir, mongodb_uri=None)
+    check_settings(config.dft)  # tblite missing: one line now, not a failed label stage later
     connect(None, database="selfplay-demo")
     typer.echo(
         f"selfplay demo: {generations} generations of {', '.join(config.elements)} on the embedded store, "
-        f"DFT {config.dft.functional}/{config.dft.basis} with PySCF, output in {workdir}/"
+        f"{_describe_labeller(config.dft)}, output in {workdir}/"
     )
     if prefect:
-        from flows.generation import prepare_local_prefect
+        from flows.temporary_server import ensure_prefect_api
 
-        prepare_local_prefect(home=str((workdir / ".prefect").resolve()))
+        ensure_prefect_api(home=workdir / ".prefect")
+    as_table = backend != "pyscf"  # many short generations: one row each
+    if as_table:
+        typer.echo(_table_line([title for title, _ in TABLE_COLUMNS]))
     for _ in range(generations):
-        number = _run_one(config, DEMO_CONFIG, {"workdir": str(workdir)}, prefect, require_persistent=False)
-        _print_generation(number)
+        number = _run_one(
+            config, config_file, {"workdir": str(workdir)}, prefect, require_persistent=False, progress=not as_table
+        )
+        if as_table:
+            typer.echo(_table_row(number))
+        else:
+            _print_generation(number)
+    if as_table:
+        _print_files(number)
 
 
-def _run_one(config, config_file: Optional[Path], overrides: dict, prefect: bool, require_persistent: bool) -> int:
+def _run_one(
+    config, config_file: Optional[Path], overrides: dict, prefect: bool, require_persistent: bool, progress: bool = True
+) -> int:
     if prefect:
-        from flows.generation import generation, prepare_local_prefect
+        from flows.temporary_server import ensure_prefect_api
 
-        prepare_local_prefect()
+        ensure_prefect_api()  # the configured API or a temporary server; one line if neither answers
+        from flows.generation import generation
+
         result = generation(
             config_file=str(config_file) if config_file else None,
             overrides=overrides,
@@ -90,7 +184,7 @@ def _run_one(config, config_file: Optional[Path], overrides: dict, prefect: bool
         return result["generation"]
     from pipeline.generation import run_generation
 
-    return run_generation(config, progress=True).number
+    return run_generation(config, progress=progress).number
 
 
 def run(

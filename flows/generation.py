@@ -11,7 +11,6 @@ embedded store.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -43,11 +42,11 @@ def task_runner(config: SelfplayConfig):
 
 
 @task(name="dft-single-point", cache_policy=NO_CACHE, tags=["dft"])
-def single_point_task(atoms, settings):
+def single_point_task(atoms, settings, workdir: Optional[str] = None):
     """One single point in its own process (killed at settings.time_limit): result or failure."""
     from dft import single_point
 
-    return single_point(atoms, settings, isolate=True)
+    return single_point(atoms, settings, isolate=True, workdir=Path(workdir) if workdir else None)
 
 
 def _prefect_labeller(config: SelfplayConfig, frames, progress: bool):
@@ -55,7 +54,8 @@ def _prefect_labeller(config: SelfplayConfig, frames, progress: bool):
     # No Prefect timeout: a thread cannot be interrupted, and the single point's own
     # process is killed at settings.time_limit anyway (a "timeout" failure, not a retry).
     runnable = single_point_task.with_options(retries=config.resources.dft_retries)
-    futures = {runnable.submit(frame.to_atoms(), config.dft): frame for frame in frames}
+    workdir = str(stages.label_workdir(config).resolve())
+    futures = {runnable.submit(frame.to_atoms(), config.dft, workdir): frame for frame in frames}
     bar = None
     if progress and futures:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -195,19 +195,3 @@ def _record_flow_run(record: Generation) -> None:
     run_id = flow_run.get_id()
     if run_id:
         Generation.objects(id=record.id).update_one(set__prefect_flow_run_id=str(run_id))
-
-
-def prepare_local_prefect(home: Optional[str] = None) -> None:
-    """Settings for Prefect's temporary server when no PREFECT_API_URL is configured.
-
-    A slow first start (busy 2-core machines) is no failure, telemetry is off, and with
-    ``home`` its SQLite database lives there instead of being shared with other runs.
-    Must run before Prefect reads its settings.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if home is not None and "PREFECT_HOME" not in os.environ:
-        Path(home).mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
-        os.environ["PREFECT_HOME"] = home

@@ -3,7 +3,8 @@
 Commands live next to the science they drive (``potential/cli.py``, ``dft/cli.py``,
 ``samplers/cli.py``, ``flows/cli.py``) and are registered here, imported lazily so that
 ``selfplay --help`` stays fast. Every :class:`~pipeline.errors.SelfplayError` becomes one
-line on stderr and a non-zero exit.
+line on stderr and a non-zero exit; every usage mistake (unknown option, missing or extra
+argument, bad value) the usage line, one error line and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.cli_parsing import SelfplayCommand, SelfplayGroup, split_names
 from pipeline.errors import SelfplayError
 
 log = logging.getLogger("selfplay")
@@ -30,8 +31,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=SelfplayGroup,
 )
-db_app = typer.Typer(help="Inspect the store and import existing data.", no_args_is_help=True)
+db_app = typer.Typer(help="Inspect the store and import existing data.", no_args_is_help=True, cls=SelfplayGroup)
 app.add_typer(db_app, name="db")
 
 
@@ -71,7 +73,7 @@ def _main(
 # ----------------------------------------------------------------------------- db
 
 
-@db_app.command("import")
+@db_app.command("import", cls=SelfplayCommand)
 def db_import(
     files: List[Path] = typer.Argument(..., help="Files ase.io.read understands, with energies and forces."),
     theory: Optional[str] = typer.Option(None, help="Level-of-theory key for these labels (default: import:<format>)."),
@@ -121,7 +123,7 @@ def print_summary(summary: dict) -> None:
     console.print(table)
 
 
-@db_app.command("status")
+@db_app.command("status", cls=SelfplayCommand)
 def db_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Frames, labels, failures, per element and per generation."""
     import json
@@ -138,14 +140,16 @@ def db_status(as_json: bool = typer.Option(False, "--json", help="Machine-readab
     print_summary(summary)
 
 
-@app.command("export")
+@app.command("export", cls=SelfplayCommand)
 def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output file."),
     format: str = typer.Option("hdf5", "--format", "-f", help="hdf5 or extxyz."),
     generation: Optional[int] = typer.Option(None, help="Only labels made in this generation."),
     until: Optional[int] = typer.Option(None, help="Only labels made up to this generation."),
-    elements: Optional[str] = typer.Option(None, help="Only frames made of these elements, e.g. H,C,N,O."),
-    theory: Optional[List[str]] = typer.Option(None, help="Only these level-of-theory keys."),
+    elements: Optional[List[str]] = typer.Option(
+        None, help="Only frames made of these elements, e.g. H,C,N,O or H C N O."
+    ),
+    theory: Optional[List[str]] = typer.Option(None, help="Only these level-of-theory keys, e.g. KEY1,KEY2 or KEY1 KEY2."),
 ) -> None:
     """Write a snapshot of the labelled dataset (streaming)."""
     from pipeline.export import export_snapshot
@@ -156,17 +160,11 @@ def export(
         format=format,
         generation=generation,
         until_generation=until,
-        elements=split_elements(elements),
-        theories=theory or None,
+        elements=split_names(elements) or None,
+        theories=split_names(theory) or None,
         progress=sys.stderr.isatty(),
     )
     console.print(f"wrote {summary.n_frames} frames ({summary.n_atoms} atoms) to {summary.path}", highlight=False)
-
-
-def split_elements(text: Optional[str]) -> Optional[list[str]]:
-    if text is None:
-        return None
-    return [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
 
 
 # ------------------------------------------------------- commands of other packages
@@ -197,25 +195,28 @@ DB_COMMANDS: list[tuple[str, str, str]] = [
 def _register_commands() -> None:
     for group, commands in ((app, COMMANDS), (db_app, DB_COMMANDS)):
         for name, module, function in commands:
-            group.command(name)(getattr(importlib.import_module(module), function))
+            group.command(name, cls=SelfplayCommand)(getattr(importlib.import_module(module), function))
 
 
 _register_commands()
 
 
 def main() -> None:
+    # Not standalone: typer would draw click's errors in a panel of several lines; here
+    # they are shown the way click shows them (usage, help hint, one error line).
     try:
         code = app(standalone_mode=False)
     except SelfplayError as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         Console(stderr=True).print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except typer.TyperException as exc:
+        # Usage errors (exit code 2) and the other errors of click. typer parses with its
+        # own copy of click, whose exceptions derive from typer.TyperException and not from
+        # those of the `click` package; show() prints the usage line and "Error: ...".
         exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

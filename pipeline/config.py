@@ -18,10 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.errors import ConfigError, first_validation_problem
-
 # Section models live next to the code they configure; this module composes them.
+from dft.labeller import LabellerSettings
 from dft.settings import DFTSettings
+from pipeline.errors import ConfigError, first_validation_problem
 from pipeline.selection import SelectionConfig
 from potential.config import ModelConfig, TrainConfig
 from samplers.dynamics import MeltQuenchConfig
@@ -153,7 +153,8 @@ class SelfplayConfig(BaseSettings):
     training: TrainConfig = Field(default_factory=TrainConfig)
     explore: ExploreConfig = Field(default_factory=ExploreConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    dft: DFTSettings = Field(default_factory=DFTSettings)
+    # The labeller: PySCF DFT by default (`backend` absent), or `backend: xtb | ase` (dft/labeller.py).
+    dft: LabellerSettings = Field(default_factory=DFTSettings)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 

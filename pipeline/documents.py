@@ -139,8 +139,15 @@ class Label(me.Document):
     #: no join with the frames collection.
     source = me.StringField()
     generation = me.IntField()
-    #: Code versions, SCF iterations, convergence, device, spin/charge, extras.
+    #: Code versions, SCF iterations, convergence, device, spin/charge, the electronic
+    #: state search (``info["electronic_state"]``), extras.
     info = me.DictField()
+    #: The electronic state, where users filter on it: 2S+1, the Mulliken spin moment of
+    #: each atom (electrons, float64), and whether the number is a smeared free energy
+    #: (fractional occupations) rather than a ground-state energy.
+    multiplicity = me.IntField()
+    magmoms = me.BinaryField()
+    smeared = me.BooleanField(default=False)
     wall_time = me.FloatField()  # s
     created_at = me.DateTimeField(default=utcnow)
 
@@ -164,14 +171,23 @@ class Label(me.Document):
     def stress_array(self) -> np.ndarray | None:
         return arrays.unpack(self.stress, (6,))
 
+    @property
+    def magmoms_array(self) -> np.ndarray | None:
+        return arrays.unpack(self.magmoms, (self.n_atoms,))
+
     def to_atoms(self, frame: Frame | None = None) -> Atoms:
         """The labelled frame as ``ase.Atoms`` with a SinglePointCalculator."""
         atoms = (frame or self.frame).to_atoms()
         results = {"energy": self.energy, "free_energy": self.energy, "forces": self.forces_array}
         if self.stress is not None:
             results["stress"] = self.stress_array
+        if self.magmoms is not None:
+            results["magmoms"] = self.magmoms_array
         atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info["theory"] = self.theory
+        if self.multiplicity is not None:
+            atoms.info["multiplicity"] = self.multiplicity
+        atoms.info["smeared"] = bool(self.smeared)
         return atoms
 
 

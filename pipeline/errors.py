@@ -36,6 +36,12 @@ class StoreUnavailable(StoreError):
     exit_code = 3
 
 
+class PrefectUnavailable(SelfplayError):
+    """No Prefect API to run a flow on: the temporary server did not start."""
+
+    exit_code = 3
+
+
 class DataFileError(SelfplayError):
     """A data file (import, export, training data) is unreadable or inconsistent."""
 

@@ -22,6 +22,10 @@ owns rows ``offsets[i]:offsets[i+1]``::
     /source      (N_frames,)     str      sampler or "import"
     /provenance  (N_frames,)     str      JSON
 
+Every dataset is resizable, chunked to the size of the snapshot and deflate-compressed
+(with the shuffle filter on multi-byte numbers): filters built into every HDF5 library,
+so h5py alone reads the file (:class:`HDF5Writer`).
+
 Root attributes: ``schema_version``, ``format`` = "selfplay-snapshot", ``units`` (JSON),
 ``theories`` (JSON list of level-of-theory keys), ``theory_specs`` (JSON), ``query``
 (JSON), ``created_at``, ``selfplay_version``, ``n_frames``, ``n_atoms``.
@@ -50,7 +54,8 @@ from pipeline.errors import DataFileError, StoreError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 2: the electronic state (magmoms per atom, multiplicity and smeared per frame).
+SCHEMA_VERSION = 2
 UNITS = {
     "energy": "eV",
     "positions": "Angstrom",
@@ -77,16 +82,24 @@ class Record:
     generation: int | None = None
     source: str = ""
     provenance: dict = field(default_factory=dict)
+    #: The electronic state: per-atom spin moments, 2S+1, smeared free energy or not.
+    magmoms: np.ndarray | None = None
+    multiplicity: int | None = None
+    smeared: bool = False
 
     def to_atoms(self) -> Atoms:
         atoms = Atoms(numbers=self.numbers.astype(int), positions=self.positions, cell=self.cell, pbc=self.pbc)
         results = {"energy": self.energy, "free_energy": self.energy, "forces": self.forces}
         if self.stress is not None:
             results["stress"] = self.stress
+        if self.magmoms is not None:
+            results["magmoms"] = self.magmoms
         atoms.calc = SinglePointCalculator(atoms, **results)
-        atoms.info.update(frame_hash=self.frame_hash, theory=self.theory, source=self.source)
+        atoms.info.update(frame_hash=self.frame_hash, theory=self.theory, source=self.source, smeared=self.smeared)
         if self.generation is not None:
             atoms.info["generation"] = self.generation
+        if self.multiplicity is not None:
+            atoms.info["multiplicity"] = self.multiplicity
         return atoms
 
 
@@ -96,9 +109,14 @@ def label_query(
     until_generation: int | None = None,
     elements: Iterable[str] | None = None,
     theories: Iterable[str] | None = None,
+    smeared: bool | None = None,
 ) -> dict:
-    """MongoDB filter on labels. ``elements``: frames made only of these elements."""
+    """MongoDB filter on labels. ``elements``: frames made only of these elements;
+    ``smeared``: only smeared (True) or only integer-occupation (False) labels."""
     query: dict = {}
+    if smeared is not None:
+        # Labels stored before the field existed are integer-occupation ones.
+        query["smeared"] = True if smeared else {"$ne": True}
     if generation is not None and until_generation is not None:
         raise DataFileError("give either a generation or an upper generation bound, not both")
     if generation is not None:
@@ -115,7 +133,10 @@ def label_query(
 
 
 #: Fields the export reads; the rest (uncertainties, timings, info) stays on the server.
-LABEL_FIELDS = {"frame": 1, "theory": 1, "theory_spec": 1, "energy": 1, "forces": 1, "stress": 1, "generation": 1}
+LABEL_FIELDS = {
+    "frame": 1, "theory": 1, "theory_spec": 1, "energy": 1, "forces": 1, "stress": 1, "generation": 1,
+    "magmoms": 1, "multiplicity": 1, "smeared": 1,
+}
 FRAME_FIELDS = {"hash": 1, "n_atoms": 1, "numbers": 1, "positions": 1, "cell": 1, "pbc": 1, "source": 1, "provenance": 1}
 
 #: Join labels to frames by walking both collections in frame order when at least this
@@ -146,6 +167,9 @@ class RecordBatch:
     generation: np.ndarray  # (n,) int32, -1 = none
     source: list[str]
     provenance: list[dict]
+    magmoms: np.ndarray  # (N_atoms,), NaN for frames whose label has none
+    multiplicity: np.ndarray  # (n,) int16, -1 = not recorded
+    smeared: np.ndarray  # (n,) bool
     theory_specs: dict[str, dict] = field(default_factory=dict)  # first spec seen per theory
 
     def __len__(self) -> int:
@@ -176,6 +200,11 @@ class RecordBatch:
             stress[has_stress] = arrays.unpack_many([s for s in stresses if s is not None], (6,))
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
+        magmoms = np.full(int(offsets[-1]), np.nan)
+        for k, label in enumerate(labels):
+            packed = label.get("magmoms")
+            if packed is not None:
+                magmoms[offsets[k] : offsets[k + 1]] = arrays.unpack(packed, (int(sizes[k]),))
         specs: dict[str, dict] = {}
         for label in labels:
             if label["theory"] not in specs:
@@ -199,6 +228,13 @@ class RecordBatch:
             ),
             source=[f.get("source") or "" for f in frames],
             provenance=[f.get("provenance") or {} for f in frames],
+            magmoms=magmoms,
+            multiplicity=np.fromiter(
+                (-1 if label.get("multiplicity") is None else label["multiplicity"] for label in labels),
+                dtype=np.int16,
+                count=n,
+            ),
+            smeared=np.fromiter((bool(label.get("smeared")) for label in labels), dtype=bool, count=n),
             theory_specs=specs,
         )
 
@@ -229,6 +265,12 @@ class RecordBatch:
             generation=np.array([-1 if r.generation is None else r.generation for r in records], dtype=np.int32),
             source=[r.source for r in records],
             provenance=[r.provenance for r in records],
+            magmoms=np.concatenate(
+                [np.full(len(r.numbers), np.nan) if r.magmoms is None else np.asarray(r.magmoms, dtype=np.float64)
+                 for r in records] or [np.zeros(0)]
+            ),
+            multiplicity=np.array([-1 if r.multiplicity is None else r.multiplicity for r in records], dtype=np.int16),
+            smeared=np.array([r.smeared for r in records], dtype=bool),
         )
 
     def records(self) -> Iterator["Record"]:
@@ -247,11 +289,24 @@ class RecordBatch:
                 generation=None if self.generation[k] < 0 else int(self.generation[k]),
                 source=self.source[k],
                 provenance=self.provenance[k],
+                **_state(self.magmoms[lo:hi], self.multiplicity[k], self.smeared[k]),
             )
 
 
-def iter_batches(query: dict | None = None, batch_size: int = BATCH, *, selected: int | None = None) -> Iterator[RecordBatch]:
-    """Labelled frames matching ``query`` as :class:`RecordBatch` columns of ``batch_size``.
+def _state(magmoms: np.ndarray, multiplicity, smeared) -> dict:
+    """Record fields of the electronic state from their column values (NaN/-1 = none)."""
+    return {
+        "magmoms": None if len(magmoms) == 0 or np.isnan(magmoms).all() else np.array(magmoms),
+        "multiplicity": None if multiplicity < 0 else int(multiplicity),
+        "smeared": bool(smeared),
+    }
+
+
+def iter_batches(
+    query: dict | None = None, batch_size: int | None = None, *, selected: int | None = None
+) -> Iterator[RecordBatch]:
+    """Labelled frames matching ``query`` as :class:`RecordBatch` columns of ``batch_size``
+    (default :data:`BATCH`, read when called).
 
     Order: by frame (insertion order of the frames), then by level of theory. Labels are
     joined to their frames without a query per batch when the selection is dense (see
@@ -260,6 +315,7 @@ def iter_batches(query: dict | None = None, batch_size: int = BATCH, *, selected
     the whole collection for each such query) would otherwise read the frames once per
     batch. ``selected``: the number of matching labels, if the caller counted them already.
     """
+    batch_size = BATCH if batch_size is None else batch_size
     pairs: list[tuple[dict, dict]] = []
     for pair in _joined(query or {}, batch_size, selected):
         pairs.append(pair)
@@ -432,38 +488,125 @@ def iter_labelled(
 # ------------------------------------------------------------------------------ HDF5
 
 
-class HDF5Writer:
-    """Append records to a snapshot file in chunks; ``close()`` writes the attributes."""
+#: Uncompressed bytes per chunk of every dataset (fewer rows when the snapshot holds
+#: fewer). Measured on 5000 frames (benchmarks/results/snapshot.md): 16 KiB chunks
+#: compress 4 % worse, 64-256 KiB alike; reading one frame decompresses a whole chunk,
+#: so random access slows with the chunk size; from 1 MiB (h5py's default chunk cache)
+#: the chunk a batch leaves partly filled does not stay cached: it is written, then
+#: written again elsewhere when the next batch fills it, and the file keeps both.
+CHUNK_BYTES = 128 * 1024
+#: Deflate level of every dataset. Levels 6 and 9 save 1-2 % more on the float columns
+#: (the bulk of a snapshot) and take 1.2-5 times as long (benchmarks/results/snapshot.md).
+#: Deflate and shuffle are built into every HDF5 library; lzf, smaller savings, is h5py's
+#: own, and other filters need plugins.
+GZIP_LEVEL = 1
+#: Bytes one variable-length string takes in its dataset: a global-heap reference
+#: (length, collection address, index). The characters live in the heap, unfiltered.
+VLEN_REFERENCE_BYTES = 16
+STRING = h5py.string_dtype()
+#: File format of HDF5 1.10 (2016), lower and upper bound: its chunk indexes (extensible
+#: arrays for resizable datasets) make a small dataset cost about 0.7 KiB of metadata
+#: where the 1.8 format's B-trees cost 2.4 KiB (13 datasets: more than the data of a
+#: 16-frame snapshot). Current h5py builds only against HDF5 1.10.4 or newer (its PyPI
+#: page), so any recent h5py reads it; the upper bound keeps newer libraries from
+#: writing objects that HDF5 1.10 cannot read.
+LIBVER = ("v110", "v110")
 
-    def __init__(self, path: Path, *, query: dict | None = None, theory_specs: dict | None = None):
+#: Per-atom datasets, ``name: (shape of one row, dtype)``, filled from the
+#: :class:`RecordBatch` attribute of the same name (rows of all frames concatenated).
+ATOM_COLUMNS: dict[str, tuple[tuple[int, ...], object]] = {
+    "numbers": ((), "u1"),
+    "positions": ((3,), "<f8"),
+    "forces": ((3,), "<f8"),
+    "magmoms": ((), "<f8"),
+}
+#: Per-frame datasets, one row per frame (``offsets`` one more, starting with 0).
+FRAME_COLUMNS: dict[str, tuple[tuple[int, ...], object]] = {
+    "offsets": ((), "<i8"),
+    "energy": ((), "<f8"),
+    "cell": ((3, 3), "<f8"),
+    "pbc": ((3,), "bool"),
+    "stress": ((6,), "<f8"),
+    "frame_hash": ((), "S64"),
+    "theory": ((), "<i2"),
+    "generation": ((), "<i4"),
+    "source": ((), STRING),
+    "provenance": ((), STRING),
+    "multiplicity": ((), "<i2"),
+    "smeared": ((), "bool"),
+}
+
+
+def chunk_rows(row_shape: tuple[int, ...], dtype, expected_rows: int, chunk_bytes: int) -> int:
+    """Rows per chunk: about ``chunk_bytes`` uncompressed, at most ``expected_rows``, at least 1."""
+    dtype = np.dtype(dtype)
+    item = VLEN_REFERENCE_BYTES if dtype.kind == "O" else dtype.itemsize
+    row_bytes = item * int(np.prod(row_shape, dtype=np.int64))
+    return max(1, min(int(expected_rows), chunk_bytes // row_bytes))
+
+
+class HDF5Writer:
+    """Append records to a snapshot file batch by batch; ``close()`` writes the attributes.
+
+    Datasets are resizable, chunked and deflate-compressed (with the shuffle filter on
+    multi-byte numbers, which puts the bytes of equal significance together). A chunk
+    holds about ``chunk_bytes`` (default :data:`CHUNK_BYTES`) but never more rows than
+    the snapshot is expected to hold, so a small snapshot costs about what its numbers
+    cost. The datasets are created with the first batch: ``expected_frames`` (e.g. the
+    number of labels the export selects) and that batch's atoms per frame estimate the
+    sizes; without it the first batch is taken for the whole snapshot. The estimate only
+    shapes the chunks: any number of rows can be appended.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        query: dict | None = None,
+        theory_specs: dict | None = None,
+        expected_frames: int | None = None,
+        chunk_bytes: int | None = None,
+    ):
         self.path = Path(path)
-        self.file = h5py.File(self.path, "w")
+        self.file = h5py.File(self.path, "w", libver=LIBVER)
         self.theories: list[str] = []
         self.theory_specs = theory_specs or {}
         self.query = query or {}
+        self.expected_frames = expected_frames
+        self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
         self.n_frames = 0
         self.n_atoms = 0
         self._pending: list[Record] = []
         self._theory_index: dict[str, int] = {}
-        f = self.file
-        string = h5py.string_dtype()
 
-        def make(name, shape, dtype, chunk_rows):
-            f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(chunk_rows, *shape))
+    def _create(self, n_frames: int, n_atoms: int) -> None:
+        """All datasets, empty but for ``offsets = [0]``, chunked for the expected size
+        (``n_frames`` frames of ``n_atoms`` atoms in all are about to be written)."""
+        frames = max(n_frames, self.expected_frames or 0)
+        atoms = max(n_atoms, round(n_atoms * frames / n_frames)) if n_frames else 0
+        for columns, rows in ((ATOM_COLUMNS, atoms), (FRAME_COLUMNS, frames)):
+            for name, (shape, dtype) in columns.items():
+                dtype = np.dtype(dtype)
+                expected = rows + 1 if name == "offsets" else rows
+                self.file.create_dataset(
+                    name,
+                    shape=(0, *shape),
+                    maxshape=(None, *shape),
+                    dtype=dtype,
+                    chunks=(chunk_rows(shape, dtype, expected, self.chunk_bytes), *shape),
+                    compression="gzip",
+                    compression_opts=GZIP_LEVEL,
+                    # Shuffle makes the float columns 7-9 % smaller under deflate; on
+                    # single bytes it does nothing, on fixed strings it costs a little.
+                    shuffle=dtype.kind in "iuf" and dtype.itemsize > 1,
+                )
+        self._append("offsets", np.zeros(1, dtype="<i8"))
 
-        make("numbers", (), "u1", 65536)
-        make("positions", (3,), "<f8", 16384)
-        make("forces", (3,), "<f8", 16384)
-        make("energy", (), "<f8", 4096)
-        make("cell", (3, 3), "<f8", 4096)
-        make("pbc", (3,), "bool", 4096)
-        make("stress", (6,), "<f8", 4096)
-        make("frame_hash", (), "S64", 4096)
-        make("theory", (), "<i2", 4096)
-        make("generation", (), "<i4", 4096)
-        make("source", (), string, 4096)
-        make("provenance", (), string, 4096)
-        f.create_dataset("offsets", data=np.zeros(1, dtype="<i8"), maxshape=(None,), chunks=(4096,))
+    def _append(self, name: str, values) -> None:
+        dataset = self.file[name]
+        start = dataset.shape[0]
+        dataset.resize(start + len(values), axis=0)
+        dataset[start:] = values
 
     def add(self, record: Record) -> None:
         self._pending.append(record)
@@ -481,33 +624,31 @@ class HDF5Writer:
         n = len(batch)
         if n == 0:
             return
-        f = self.file
-
-        def append(name, values):
-            dataset = f[name]
-            start = dataset.shape[0]
-            dataset.resize(start + len(values), axis=0)
-            dataset[start:] = values
-
+        if "offsets" not in self.file:
+            self._create(n, int(batch.offsets[-1]))
         for theory, spec in batch.theory_specs.items():
             self.theory_specs.setdefault(theory, spec)
         for theory in batch.theory:
             if theory not in self._theory_index:
                 self._theory_index[theory] = len(self.theories)
                 self.theories.append(theory)
-        append("numbers", batch.numbers)
-        append("positions", batch.positions)
-        append("forces", batch.forces)
-        append("offsets", self.n_atoms + batch.offsets[1:])
-        append("energy", batch.energy)
-        append("cell", batch.cell)
-        append("pbc", batch.pbc)
-        append("stress", batch.stress)
-        append("frame_hash", np.array(batch.frame_hash, dtype="S64"))
-        append("theory", np.array([self._theory_index[t] for t in batch.theory], dtype=np.int16))
-        append("generation", batch.generation)
-        append("source", np.array(batch.source, dtype=object))
-        append("provenance", np.array([json.dumps(p, sort_keys=True, default=str) for p in batch.provenance], dtype=object))
+        values = {name: getattr(batch, name) for name in ATOM_COLUMNS}
+        values.update(
+            offsets=self.n_atoms + batch.offsets[1:],
+            energy=batch.energy,
+            cell=batch.cell,
+            pbc=batch.pbc,
+            stress=batch.stress,
+            frame_hash=np.array(batch.frame_hash, dtype="S64"),
+            theory=np.array([self._theory_index[t] for t in batch.theory], dtype=np.int16),
+            generation=batch.generation,
+            source=np.array(batch.source, dtype=object),
+            provenance=np.array([json.dumps(p, sort_keys=True, default=str) for p in batch.provenance], dtype=object),
+            multiplicity=batch.multiplicity,
+            smeared=batch.smeared,
+        )
+        for name in (*ATOM_COLUMNS, *FRAME_COLUMNS):  # a KeyError if a column has no values
+            self._append(name, values[name])
         self.n_frames += n
         self.n_atoms += int(batch.offsets[-1])
 
@@ -515,6 +656,8 @@ class HDF5Writer:
         from pipeline import __version__
 
         self._flush()
+        if "offsets" not in self.file:  # nothing was added: the datasets exist all the same
+            self._create(0, 0)
         attrs = self.file.attrs
         attrs["schema_version"] = SCHEMA_VERSION
         attrs["format"] = "selfplay-snapshot"
@@ -565,6 +708,10 @@ def read_hdf5(path: Path | str, batch_size: int = BATCH) -> Iterator[Atoms]:
             theory = f["theory"][start:stop]
             generation = f["generation"][start:stop]
             source = f["source"].asstr()[start:stop]
+            # Snapshots of schema 1 have no electronic state.
+            magmoms = f["magmoms"][a0:a1] if "magmoms" in f else np.full(a1 - a0, np.nan)
+            multiplicity = f["multiplicity"][start:stop] if "multiplicity" in f else np.full(stop - start, -1)
+            smeared = f["smeared"][start:stop] if "smeared" in f else np.zeros(stop - start, dtype=bool)
             for k in range(stop - start):
                 lo, hi = offsets[start + k] - a0, offsets[start + k + 1] - a0
                 record = Record(
@@ -579,6 +726,7 @@ def read_hdf5(path: Path | str, batch_size: int = BATCH) -> Iterator[Atoms]:
                     theory=theories[theory[k]],
                     generation=None if generation[k] < 0 else int(generation[k]),
                     source=source[k],
+                    **_state(magmoms[lo:hi], multiplicity[k], smeared[k]),
                 )
                 yield record.to_atoms()
 
@@ -596,7 +744,8 @@ def write_extxyz_record(handle, record: Record) -> None:
     header = []
     if record.pbc.any() or np.any(record.cell):
         header.append(f'Lattice="{_fmt(record.cell.ravel())}"')
-    header.append("Properties=species:S:1:pos:R:3:forces:R:3")
+    properties = "species:S:1:pos:R:3:forces:R:3" + (":magmoms:R:1" if record.magmoms is not None else "")
+    header.append(f"Properties={properties}")
     header.append(f"energy={record.energy:.17g}")
     if record.stress is not None:
         s = record.stress
@@ -609,15 +758,23 @@ def write_extxyz_record(handle, record: Record) -> None:
         header.append(f"generation={record.generation}")
     if record.source:
         header.append(f"source={record.source}")
+    if record.multiplicity is not None:
+        header.append(f"multiplicity={record.multiplicity}")
+    header.append(f"smeared={'T' if record.smeared else 'F'}")
     lines = [str(n), " ".join(header)]
     # Python floats (tolist) format several times faster than numpy scalars.
     symbols = [chemical_symbols[z] for z in record.numbers.tolist()]
-    rows = np.hstack([record.positions, record.forces]).tolist()
-    lines += [_ATOM_LINE % (symbol, *row) for symbol, row in zip(symbols, rows)]
+    columns = [record.positions, record.forces]
+    if record.magmoms is not None:
+        columns.append(np.asarray(record.magmoms).reshape(n, 1))
+    rows = np.hstack(columns).tolist()
+    line = _ATOM_LINE if record.magmoms is None else _ATOM_LINE_MAGMOMS
+    lines += [line % (symbol, *row) for symbol, row in zip(symbols, rows)]
     handle.write("\n".join(lines) + "\n")
 
 
 _ATOM_LINE = "%s" + " %.17g" * 6
+_ATOM_LINE_MAGMOMS = "%s" + " %.17g" * 7
 
 
 # ----------------------------------------------------------------------------- entry
@@ -662,7 +819,9 @@ def export_snapshot(
     try:
         batches = iter_batches(query, selected=total)
         if format == "hdf5":
-            with HDF5Writer(tmp, query=query) as writer:
+            # The number of labels sizes the chunks; the estimate costs no pass over them.
+            expected = total if total is not None else labels.estimated_document_count()
+            with HDF5Writer(tmp, query=query, expected_frames=expected) as writer:
                 for batch in batches:
                     writer.add_batch(batch)
                     n_frames += len(batch)

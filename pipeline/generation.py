@@ -270,7 +270,10 @@ def train_stage(config: SelfplayConfig, generation: Generation) -> dict:
     from pipeline.export import iter_labelled
     from potential.train import train_ensemble
 
-    frames = list(iter_labelled(theories=training_theories(config)))
+    # A smeared free energy is a different number from the ground-state energies beside
+    # it; it trains only where every label of the theory is smeared (always_smear).
+    smeared = None if getattr(config.dft, "always_smear", False) else False
+    frames = list(iter_labelled(theories=training_theories(config), smeared=smeared))
     if len(frames) < config.generation.min_train_frames:
         return {
             "skipped": f"cold start: {len(frames)} labelled frames, fewer than min_train_frames "
@@ -433,9 +436,9 @@ def sigma_history(number: int, generations: int = 3) -> list[float]:
 
 
 def select_stage(config: SelfplayConfig, generation: Generation) -> dict:
+    from pipeline.hashing import frame_hash
     from pipeline.selection import select_frames
     from pipeline.store import add_frame, existing_hashes
-    from pipeline.hashing import frame_hash
 
     frames = explored_frames(generation)
     known = existing_hashes(frame_hash(a) for a in frames)
@@ -500,8 +503,9 @@ def store_outcome(config: SelfplayConfig, generation: Generation, frame: Frame, 
             stress=outcome.stress,
             theory_spec=_jsonable(config.dft.theory_spec()),
             info=_jsonable(outcome.info),
-            wall_time=outcome.info.get("wall_time"),
+            wall_time=outcome.info.get("wall_time_s"),
             generation=generation.number,
+            **outcome.state_fields(),
         )
         return "labelled"
     add_failure(
@@ -514,12 +518,24 @@ def store_outcome(config: SelfplayConfig, generation: Generation, frame: Frame, 
     return "failed"
 
 
+def label_workdir(config: SelfplayConfig) -> Path:
+    """Where labeller kinds that write files (the ``ase`` kind) get a folder per frame."""
+    return Path(config.workdir) / "labels"
+
+
 def label_with_processes(config: SelfplayConfig, frames: list[Frame], progress: bool) -> Iterator[tuple[Frame, object]]:
     """Outcomes of ``frames`` from dft.label_frames (local worker processes)."""
     from dft import label_frames
 
     atoms = [frame.to_atoms() for frame in frames]
-    for index, outcome in label_frames(atoms, config.dft, workers=config.resources.dft_workers, progress=progress, invalid="fail"):
+    for index, outcome in label_frames(
+        atoms,
+        config.dft,
+        workers=config.resources.dft_workers,
+        progress=progress,
+        invalid="fail",
+        workdir=label_workdir(config),
+    ):
         yield frames[index], outcome
 
 

@@ -174,9 +174,22 @@ def add_label(
     info: dict | None = None,
     wall_time: float | None = None,
     generation: int | None = None,
+    magmoms=None,
+    multiplicity: int | None = None,
+    smeared: bool = False,
 ) -> tuple[Label, bool]:
-    """Store a label for ``frame`` at ``theory`` unless one exists; returns ``(label, created)``."""
+    """Store a label for ``frame`` at ``theory`` unless one exists; returns ``(label, created)``.
+
+    ``magmoms`` (per-atom spin moments), ``multiplicity`` and ``smeared`` record the
+    electronic state the number belongs to.
+    """
     energy, forces, stress = arrays.label_arrays(energy, forces, stress, frame.n_atoms, f"frame {frame.hash[:12]}")
+    if magmoms is not None:
+        magmoms = np.asarray(magmoms, dtype=float)
+        if magmoms.shape != (frame.n_atoms,) or not np.all(np.isfinite(magmoms)):
+            raise InvalidStructure(
+                f"frame {frame.hash[:12]}: magnetic moments must be {frame.n_atoms} finite numbers, got {magmoms.shape}"
+            )
     label = Label(
         frame=frame,
         frame_hash=frame.hash,
@@ -191,6 +204,9 @@ def add_label(
         generation=generation,
         info=info or {},
         wall_time=wall_time,
+        magmoms=None if magmoms is None else arrays.pack(magmoms),
+        multiplicity=multiplicity,
+        smeared=bool(smeared),
     )
     try:
         label.save(force_insert=True)

@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from pipeline.cli_parsing import split_names
 from pipeline.errors import ConfigError, DataFileError
 
 
@@ -21,7 +22,7 @@ def train(
         None, "--data", help="Labelled frames: extxyz or HDF5 export (file or directory); omit to train on the store."
     ),
     theory: Optional[List[str]] = typer.Option(
-        None, "--theory", help="With the store: only labels at these level-of-theory keys (default: all)."
+        None, "--theory", help="With the store: only labels at these level-of-theory keys (default: all), e.g. K1,K2."
     ),
     out: Path = typer.Option(..., "--out", help="Directory for the trained ensemble (weights + model.json + metrics)."),
     epochs: int = typer.Option(60, "--epochs", min=1, help="Maximum training epochs."),
@@ -45,9 +46,10 @@ def train(
         from pipeline.export import iter_labelled
 
         connect_store()  # the configured MongoDB; a plain error when none is configured
-        frames = list(iter_labelled(theories=theory or None))
+        theories = split_names(theory)
+        frames = list(iter_labelled(theories=theories or None))
         if not frames:
-            raise DataFileError("the store holds no labelled frames" + (f" at {', '.join(theory)}" if theory else ""))
+            raise DataFileError("the store holds no labelled frames" + (f" at {', '.join(theories)}" if theories else ""))
     try:
         config = TrainConfig(epochs=epochs, ensemble_size=ensemble, batch_size=batch_size, seed=seed)
     except ValueError as exc:

@@ -332,7 +332,7 @@ class EnsemblePotential(nn.Module):
         envelope = polynomial_envelope(length, cfg.cutoff, cfg.envelope_exponent).unsqueeze(-1)
         hidden = nn.functional.silu(self.radial_in(bessel_basis(length, cfg.cutoff, cfg.radial_basis)))
         # radial_out has no bias, so enveloping its (narrow) input envelopes the filters
-        filters = torch.split(self.radial_out(hidden * envelope), [l.n_filters for l in self.layers], dim=-1)
+        filters = torch.split(self.radial_out(hidden * envelope), [layer.n_filters for layer in self.layers], dim=-1)
         norm = 1.0 / self.avg_num_neighbors
         for layer, f in zip(self.layers, filters):
             s, v, t = layer(s, v, t, f, u, graph.src, graph.dst, norm)

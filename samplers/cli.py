@@ -15,6 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from pipeline.cli_parsing import split_names
 from pipeline.errors import ConfigError, DataFileError
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,6 @@ SAMPLERS = ("random", "melt-quench", "substitute")
 
 #: Sections of a sampler settings file (YAML or JSON); ``elements`` comes from --elements.
 SECTIONS = {"random": "random", "melt-quench": "melt_quench", "substitute": "substitute"}
-
-
-def split_elements(values: list[str] | None) -> list[str]:
-    """``['Cu,Ni', 'O']`` -> ``['Cu', 'Ni', 'O']`` (repeated or comma-separated options)."""
-    out = []
-    for value in values or []:
-        out.extend(part.strip() for part in value.split(",") if part.strip())
-    return out
 
 
 def _settings(path: Path | None) -> dict[str, Any]:
@@ -112,7 +105,7 @@ def run_sampler(
 
 def sample(
     sampler: str = typer.Option(..., "--sampler", help="random | melt-quench | substitute"),
-    elements: list[str] = typer.Option(..., "--elements", help="element symbols, repeated or comma-separated"),
+    elements: list[str] = typer.Option(..., "--elements", help="element symbols, e.g. Cu,Al,Ni or Cu Al Ni"),
     out: Path = typer.Option(..., "--out", help="extended XYZ file to write"),
     model: Optional[Path] = typer.Option(None, "--model", help="ensemble checkpoint (required for melt-quench)"),
     count: int = typer.Option(10, "--count", help="structures (random, substitute) or trajectories (melt-quench)"),
@@ -130,7 +123,7 @@ def sample(
     from samplers.frames import write_frames
     from samplers.model import load_model
 
-    element_list = split_elements(elements)
+    element_list = split_names(elements)
     settings = _settings(config)
     calculator = None
     if model is not None:

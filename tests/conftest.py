@@ -87,7 +87,7 @@ def server_store(mongo_server_uri):
 
     name = f"selfplay_test_{uuid.uuid4().hex[:10]}"
     uri = f"{mongo_server_uri}/{name}"
-    info = connect(uri, timeout_ms=5000)
+    connect(uri, timeout_ms=5000)
     yield uri
     try:
         me.get_db().client.drop_database(name)

@@ -19,7 +19,6 @@ from plotly.subplots import make_subplots
 
 from pipeline.dashboard.queries import Snapshot, element_order
 
-
 #: Page rules shared by the live dashboard and the static report.
 SHARED_STYLE = """
 body { margin: 0; background: #f4f5f7; color: #222; font-family: Inter, "Segoe UI", Helvetica, Arial, sans-serif; }

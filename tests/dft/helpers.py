@@ -44,3 +44,27 @@ def pyscf_reference(atoms: Atoms, xc: str = "pbe", spin: int = 0, charge: int = 
     mf.kernel()
     assert mf.converged
     return mf.e_tot, mf.nuc_grad_method().kernel(), mol
+
+
+def tblite_reference(atoms: Atoms, method: str = "GFN2-xTB", temperature_k: float = 300.0, charge: float = 0.0, uhf: int = 0):
+    """tblite's own Calculator on ``atoms``: ``(energy eV, forces eV/Å, stress eV/Å³ or None)``."""
+    from ase.units import Bohr, Hartree, kB
+    from tblite.interface import Calculator
+
+    periodic = bool(atoms.pbc.all())
+    calc = Calculator(
+        method,
+        atoms.numbers,
+        atoms.positions / Bohr,
+        charge,
+        uhf,
+        atoms.cell.array / Bohr if periodic else None,
+        np.array([True] * 3) if periodic else None,
+    )
+    calc.set("verbosity", 0)
+    calc.set("temperature", temperature_k * kB / Hartree)
+    result = calc.singlepoint()
+    stress = None
+    if periodic:
+        stress = (result.get("virial") * Hartree / atoms.get_volume()).flat[[0, 4, 8, 5, 2, 1]]
+    return result.get("energy") * Hartree, -result.get("gradient") * Hartree / Bohr, stress

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.units import Hartree
 
 from dft import DFTResult, DFTSettings, single_point
@@ -46,8 +47,28 @@ def test_gpu_matches_cpu_on_molecules(name):
     assert gpu.info["spin"] == cpu.info["spin"]
 
 
+@pytest.mark.parametrize(
+    "atoms",
+    [
+        pytest.param(Atoms("O2", positions=[[0, 0, 0], [0, 0, 1.21]]), id="triplet O2"),
+        pytest.param(Atoms("H2", positions=[[0, 0, 0], [0, 0, 3.0]]), id="broken-symmetry H2"),
+        pytest.param(Atoms("N2", positions=[[0, 0, 0], [0, 0, 2.5]]), id="broken-symmetry N2"),
+    ],
+)
+def test_gpu_finds_the_same_lowest_state(atoms):
+    """spin_policy='auto' on the GPU (stability analysis on the CPU twin of the GPU
+    solution) reaches the state and energy the CPU reaches."""
+    cpu, gpu = both(atoms)
+    cpu_state, gpu_state = cpu.info["electronic_state"], gpu.info["electronic_state"]
+    assert gpu_state["spin"] == cpu_state["spin"] and gpu_state["restricted"] == cpu_state["restricted"]
+    assert abs(cpu.energy - gpu.energy) / Hartree < ENERGY_TOL_HA
+    np.testing.assert_allclose(gpu.forces, cpu.forces, atol=FORCE_TOL)
+    np.testing.assert_allclose(gpu_state["magnetic_moments"], cpu_state["magnetic_moments"], atol=1e-3)
+    assert abs(gpu_state["s2"] - cpu_state["s2"]) < 1e-3
+
+
 def test_gpu_ladder_newton_and_smearing_rungs():
-    settings = dict(max_cycle=3, ladder=("newton",))
+    settings = dict(max_cycle=3, ladder=("newton",), spin_policy="lowest")
     cpu, gpu = both(small_molecule("H2O"), **settings)
     assert gpu.info["rung"] == "newton"
     assert abs(cpu.energy - gpu.energy) / Hartree < ENERGY_TOL_HA

@@ -101,7 +101,7 @@ def stretched_water() -> Atoms:
 
 
 def test_hard_frame_climbs_the_ladder_to_a_converged_label():
-    settings = DFTSettings(threads=1, time_limit=None, max_cycle=10)
+    settings = DFTSettings(threads=1, time_limit=None, max_cycle=10, spin_policy="lowest")
     result = run(stretched_water(), settings)
     assert isinstance(result, DFTResult), getattr(result, "reason", "")
     attempts = result.info["attempts"]
@@ -116,7 +116,7 @@ def test_hard_frame_climbs_the_ladder_to_a_converged_label():
 
 
 def test_frame_that_never_converges_is_a_failure_with_its_attempts():
-    settings = DFTSettings(threads=1, time_limit=None, max_cycle=2, ladder=("damping", "guess"))
+    settings = DFTSettings(threads=1, time_limit=None, max_cycle=2, ladder=("damping", "guess"), spin_policy="lowest")
     outcome = run(stretched_water(), settings)
     assert isinstance(outcome, DFTFailure)
     assert outcome.kind == "unconverged" and "did not converge after 3 attempts" in outcome.reason
@@ -127,7 +127,7 @@ def test_frame_that_never_converges_is_a_failure_with_its_attempts():
 
 
 def test_newton_rung_alone():
-    settings = DFTSettings(threads=1, time_limit=None, max_cycle=3, ladder=("newton",))
+    settings = DFTSettings(threads=1, time_limit=None, max_cycle=3, ladder=("newton",), spin_policy="lowest")
     result = run(small_molecule("H2O"), settings)
     assert isinstance(result, DFTResult)
     assert [a["rung"] for a in result.info["attempts"]] == ["initial", "newton"]

@@ -13,6 +13,34 @@ def tiny_config(workdir: Path, **overrides):
     return load_config(TINY, workdir=workdir, **overrides)
 
 
+#: The ``dft:`` section of the tiny generation for each labeller kind (None: tiny.yaml's
+#: own, PySCF), and the elements that kind is run with.
+KIND_SECTIONS = {
+    "pyscf": (None, None),
+    "xtb": ({"backend": "xtb", "method": "GFN2-xTB", "threads": 1, "time_limit": 60}, None),
+    "ase": ({"backend": "ase", "calculator": "ase.calculators.emt:EMT", "theory": "EMT", "time_limit": 60}, ["Cu", "Ni"]),
+}
+
+
+def tiny_config_file(directory: Path, backend: str, random_count: int | None = None) -> Path:
+    """tiny.yaml with the ``dft:`` section (and elements) of ``backend``, written to ``directory``;
+    ``random_count`` random structures per generation instead of tiny.yaml's."""
+    import yaml
+
+    data = yaml.safe_load(TINY.read_text())
+    if random_count is not None:
+        data["explore"]["random"]["count"] = random_count
+    section, elements = KIND_SECTIONS[backend]
+    if section is not None:
+        data["dft"] = section
+    if elements is not None:
+        data["elements"] = elements
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"tiny-{backend}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def label_table(theory: str | None = None) -> dict[str, tuple]:
     """frame hash -> (energy, forces) of every label (at ``theory``)."""
     from pipeline.documents import Label

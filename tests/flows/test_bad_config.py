@@ -23,7 +23,10 @@ BAD = {
         {"explore": {"random": {"params": {"kind": "slab"}}}},
         "explore.random.params.kind",
     ),
-    "bad DFT setting": ({"dft": {"max_cycle": 0}}, "field 'dft.max_cycle'"),
+    # The labeller kind the section was read as is part of the path.
+    "bad DFT setting": ({"dft": {"max_cycle": 0}}, "field 'dft.pyscf.max_cycle'"),
+    "unknown xTB method": ({"dft": {"backend": "xtb", "method": "GFN7"}}, "field 'dft.xtb.method'"),
+    "unknown labeller": ({"dft": {"backend": "vasp"}}, "field 'dft': backend must be one of pyscf, xtb, ase"),
 }
 
 

@@ -56,7 +56,7 @@ def test_three_generations_grow_the_dataset_and_the_model_learns(embedded_store,
             assert f.attrs["n_frames"] == Label.objects(generation__lte=record.number).count()
     assert Generation.objects(status="completed").count() == 3
     # every label is unique per (frame, theory)
-    assert Label.objects.count() == len({(l.frame_hash, l.theory) for l in Label.objects})
+    assert Label.objects.count() == len({(label.frame_hash, label.theory) for label in Label.objects})
 
 
 def test_rerunning_a_completed_stage_does_not_redo_it(embedded_store, tmp_path):

@@ -13,16 +13,16 @@ import pymongo
 import pytest
 
 from .conftest import REPO
-from .helpers import TINY, assert_same_labels
+from .helpers import assert_same_labels, tiny_config_file
 
 pytestmark = [pytest.mark.mongo, pytest.mark.slow]
 
 
-def start_generation(uri: str, workdir) -> subprocess.Popen:
+def start_generation(uri: str, workdir, config) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFPLAY_")}
     env.update(SELFPLAY_MONGODB_URI=uri, SELFPLAY_WORKDIR=str(workdir), SELFPLAY_RESOURCES__DFT_WORKERS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(TINY), "run", "--no-prefect"],
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run", "--no-prefect"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -55,36 +55,42 @@ def labels(db) -> dict:
     }
 
 
-def test_killed_during_labelling_and_exploring_resumes_exactly(mongo_server_uri, tmp_path):
+@pytest.mark.parametrize("backend", ["pyscf", "xtb", "ase"])
+def test_killed_during_labelling_and_exploring_resumes_exactly(mongo_server_uri, tmp_path, backend):
+    if backend == "xtb":
+        pytest.importorskip("tblite")
+    # xTB and EMT label a frame in milliseconds: enough frames that the kill, polled every
+    # 50 ms, lands while labels are still missing.
+    config = tiny_config_file(tmp_path, backend, random_count=None if backend == "pyscf" else 60)
     names = {kind: f"selfplay_resume_{kind}_{uuid.uuid4().hex[:6]}" for kind in ("reference", "crashed")}
     client = pymongo.MongoClient(mongo_server_uri)
     try:
         reference = f"{mongo_server_uri}/{names['reference']}"
         for _ in range(2):
-            finish(start_generation(reference, tmp_path / "reference"))
+            finish(start_generation(reference, tmp_path / "reference", config))
 
         crashed = f"{mongo_server_uri}/{names['crashed']}"
         db = client[names["crashed"]]
 
         # generation 0, killed after its first DFT label was stored
-        process = start_generation(crashed, tmp_path / "crashed")
+        process = start_generation(crashed, tmp_path / "crashed", config)
         kill_when(process, lambda: db.labels.count_documents({"generation": 0}) >= 1)
         state = db.generations.find_one({"number": 0})
         assert state["stages"]["label"]["status"] == "running"
         done_before = db.labels.count_documents({}) + db.failures.count_documents({})
         picked = db.frames.count_documents({"generation": 0})
         assert done_before < picked, "nothing was left to resume"
-        finish(start_generation(crashed, tmp_path / "crashed"))
+        finish(start_generation(crashed, tmp_path / "crashed", config))
         assert db.generations.find_one({"number": 0})["stages"]["label"]["attempts"] == 2
 
         # generation 1, killed in the middle of exploration (after its training completed)
-        process = start_generation(crashed, tmp_path / "crashed")
+        process = start_generation(crashed, tmp_path / "crashed", config)
         kill_when(
             process,
             lambda: ((db.generations.find_one({"number": 1}) or {}).get("stages", {}).get("explore", {}).get("status"))
             == "running",
         )
-        finish(start_generation(crashed, tmp_path / "crashed"))
+        finish(start_generation(crashed, tmp_path / "crashed", config))
         state = db.generations.find_one({"number": 1})
         assert state["status"] == "completed"
         assert state["stages"]["train"]["attempts"] == 1  # completed stages are not redone

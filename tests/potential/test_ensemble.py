@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from potential import build_ensemble
 from potential.graph import collate
 from tests.potential.conftest import random_structure, small_config, untrained
-from potential import build_ensemble
 
 
 def test_one_pass_equals_members_evaluated_separately():

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ase import units
 from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
-from ase import units
 
 from samplers.batched_md import BatchedLangevin
 from samplers.dynamics import MeltQuenchConfig, initial_momenta, trajectory_rng

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.errors import ConfigError, DataFileError, SelfplayError
 from pipeline.hashing import frame_hash
-from samplers.cli import run_sampler, sample, select, split_elements
+from samplers.cli import run_sampler, sample, select
 from samplers.frames import read_frames, write_frames
 from samplers.random_structures import RandomStructureConfig, sample_random
 
@@ -144,7 +144,6 @@ def test_bad_input_gives_clear_errors(tmp_path):
                structures=None, device=None, report=None)
     for error in (ConfigError("a"), DataFileError("b")):
         assert isinstance(error, SelfplayError)
-    assert split_elements(["Cu, Ni", "O"]) == ["Cu", "Ni", "O"]
 
 
 @pytest.mark.mongo

@@ -5,8 +5,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from ase.data import atomic_numbers
 from ase.calculators.emt import EMT
+from ase.data import atomic_numbers
 
 from pipeline.atoms import check_atoms
 from pipeline.errors import ConfigError

@@ -86,7 +86,7 @@ def test_undo_keeps_frames_that_another_writer_labelled(store):
     add_label(first, theory="dft", energy=1.0, forces=np.zeros((first.n_atoms, 3)))
     remove_created(result.created_frames, result.created_labels)
     assert [f.id for f in Frame.objects] == [first.id]
-    assert [l.theory for l in Label.objects] == ["dft"]
+    assert [label.theory for label in Label.objects] == ["dft"]
 
 
 def test_export_joins_labels_to_frames_in_frame_order(store, tmp_path, monkeypatch):

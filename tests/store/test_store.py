@@ -178,5 +178,5 @@ def test_labels_carry_the_source_of_the_stored_frame(store):
         theory="import:x",
         source="import",
     )
-    sources = {l.frame_hash: l.source for l in Label.objects(theory="import:x")}
+    sources = {label.frame_hash: label.source for label in Label.objects(theory="import:x")}
     assert sources == {frame.hash: "melt_quench", Frame.objects(source="import").get().hash: "import"}
