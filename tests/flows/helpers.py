@@ -22,14 +22,18 @@ KIND_SECTIONS = {
 }
 
 
-def tiny_config_file(directory: Path, backend: str, random_count: int | None = None) -> Path:
+def tiny_config_file(
+    directory: Path, backend: str, random_count: int | None = None, max_selected: int | None = None
+) -> Path:
     """tiny.yaml with the ``dft:`` section (and elements) of ``backend``, written to ``directory``;
-    ``random_count`` random structures per generation instead of tiny.yaml's."""
+    ``random_count`` random structures and ``max_selected`` picks per generation instead of tiny.yaml's."""
     import yaml
 
     data = yaml.safe_load(TINY.read_text())
     if random_count is not None:
         data["explore"]["random"]["count"] = random_count
+    if max_selected is not None:
+        data["selection"]["max_selected"] = max_selected
     section, elements = KIND_SECTIONS[backend]
     if section is not None:
         data["dft"] = section

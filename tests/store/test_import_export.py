@@ -58,7 +58,8 @@ def test_hdf5_is_readable_with_h5py_alone(store, tmp_path):
     export_snapshot(tmp_path / "snap.h5")
     frames = read_frames(tmp_path / "in.xyz")
     with h5py.File(tmp_path / "snap.h5", "r") as f:
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2  # 2: with the electronic state
+        assert {"magmoms", "multiplicity", "smeared"} <= set(f)
         assert json.loads(f.attrs["theories"]) == ["emt-test"]
         assert json.loads(f.attrs["units"])["forces"] == "eV/Angstrom"
         offsets = f["offsets"][:]
