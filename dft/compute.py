@@ -91,11 +91,12 @@ def ladder_rungs(settings: DFTSettings) -> list[str]:
     return rungs
 
 
-def _smear(mf, settings: DFTSettings, plan: FramePlan):
+def _smear(mf, settings: DFTSettings, fix_spin: bool):
+    """Fractional occupations. ``fix_spin`` keeps N_alpha - N_beta = 2S (separate Fermi
+    levels), so the recorded spin state stays the one computed; without it the moment is
+    free (one Fermi level), as in VASP's ISPIN=2."""
     method = "fermi" if settings.smearing_method == "fermi" else "gaussian"
-    # fix_spin keeps N_alpha - N_beta = 2S (separate Fermi levels), so the recorded spin
-    # state stays the one computed.
-    return mf.smearing(sigma=settings.smearing_sigma_hartree, method=method, fix_spin=plan.state.unrestricted)
+    return mf.smearing(sigma=settings.smearing_sigma_hartree, method=method, fix_spin=fix_spin)
 
 
 def _prepare_rung(
@@ -141,7 +142,7 @@ def _prepare_rung(
         mf = mf.newton()
         description["solver"] = "newton"
     if rung == "smearing" or settings.always_smear:
-        mf = _smear(mf, settings, plan)
+        mf = _smear(mf, settings, fix_spin=plan.state.unrestricted)
         description["smearing"] = {"method": settings.smearing_method, "sigma_ev": settings.smearing_sigma}
     return mf, dm0, description
 
@@ -421,9 +422,7 @@ class PySCFSolver:
                 share_with=frame.cpu_base if frame.device == "cpu" else None,
             )
             if self.smeared:
-                method = "fermi" if self.settings.smearing_method == "fermi" else "gaussian"
-                mf = mf.smearing(sigma=self.settings.smearing_sigma_hartree, method=method,
-                                 fix_spin=not free_spin and not restricted)
+                mf = _smear(mf, self.settings, fix_spin=not free_spin and not restricted)
             counter = _CycleCounter()
             mf.callback = counter
             mf.kernel(dm0=dm0)
