@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/generation_overhead.json"))
     args = parser.parse_args()
 
-    from pipeline.config import load_config
+    from flows.config import load_config
     from pipeline.documents import Generation
     from pipeline.store import connect
 

@@ -118,7 +118,7 @@ def labeller_rows(args) -> list[dict]:
 
 
 def generation_rows(generations: int) -> list[dict]:
-    from pipeline.config import load_config
+    from flows.config import load_config
     from pipeline.generation import run_generation
     from pipeline.store import connect
 

@@ -483,7 +483,8 @@ def compute_ase(
     """Label one frame with the settings' calculator in this process; see the module docstring."""
     from ase.calculators.calculator import PropertyNotImplementedError
 
-    from dft.compute import classify_exception, jsonable
+    from dft.compute import classify_exception
+    from pipeline.jsonable import jsonable
 
     start = time.perf_counter()
     theory_key = settings.theory_key()

@@ -21,6 +21,7 @@ from dft import backend, spin
 from dft.results import DFTFailure, DFTResult, theory_info
 from dft.settings import DFTSettings
 from dft.validate import FramePlan, plan_frame
+from pipeline.jsonable import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,6 @@ LEVEL_SHIFT = 0.25
 #: Initial guess of the "guess" rung: superposition of spherically averaged atomic
 #: densities, computed on the CPU for both devices.
 ALTERNATIVE_GUESS = "atom"
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with numpy scalars/arrays turned into plain Python (for the store and JSON)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
 
 
 def classify_exception(exc: BaseException) -> str:

@@ -303,8 +303,9 @@ def _compute_xtb(
 ):
     from ase.units import Bohr, Hartree, kB
 
-    from dft.compute import _describe, classify_exception, jsonable
+    from dft.compute import _describe, classify_exception
     from dft.results import DFTFailure, DFTResult, theory_info
+    from pipeline.jsonable import jsonable
 
     start = time.perf_counter()
     if plan is None:

@@ -1,230 +1,231 @@
-"""``selfplay demo`` and ``selfplay run``: generations from the command line."""
+"""The ``selfplay`` command line.
+
+Commands live next to the science they drive (``potential/cli.py``, ``dft/cli.py``,
+``samplers/cli.py``, ``flows/cli.py``) and are registered here, imported lazily so that
+``selfplay --help`` stays fast. Every :class:`~pipeline.errors.SelfplayError` becomes one
+line on stderr and a non-zero exit; every usage mistake (unknown option, missing or extra
+argument, bad value) the usage line, one error line and exit code 2.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-log = logging.getLogger(__name__)
+from flows.cli_parsing import SelfplayCommand, SelfplayGroup, split_names
+from pipeline.errors import SelfplayError
 
-#: The demo's configuration per labeller kind: PySCF DFT (minutes per generation) or
-#: GFN2-xTB through tblite (seconds per generation, so many of them).
-DEMO_CONFIGS = {"pyscf": Path(__file__).with_name("demo.yaml"), "xtb": Path(__file__).with_name("demo_xtb.yaml")}
-DEMO_GENERATIONS = {"pyscf": 2, "xtb": 12}
+log = logging.getLogger("selfplay")
+console = Console()
 
-
-def _print_generation(number: int) -> None:
-    from rich.console import Console
-
-    from pipeline.documents import Generation
-
-    console = Console(soft_wrap=True)  # whole lines, also when the output is a file
-    record = Generation.objects.get(number=number)
-    counts = record.counts or {}
-    model = (record.metrics or {}).get("model")
-    sentinel = (record.metrics or {}).get("sentinel")
-    train = (record.stages or {}).get("train", {}).get("result", {})
-    console.print(f"[bold]generation {record.number}[/bold]: {record.status}", highlight=False)
-    console.print(
-        f"  trained: {train.get('model') or train.get('skipped', '-')}"
-        + (f" on {train['frames']} frames" if train.get("model") else ""),
-        highlight=False,
-    )
-    console.print(
-        "  explored {explored}  accurate {accurate}  candidate {candidate}  failed {failed}  unscored {unscored}  "
-        "selected {selected} (+{sentinel} sentinels)  labelled {labelled}  DFT failures {dft_failed}".format(
-            **{
-                k: counts.get(k, 0)
-                for k in ("explored", "accurate", "candidate", "failed", "unscored", "selected", "sentinel", "labelled", "dft_failed")
-            }
-        ),
-        highlight=False,
-    )
-    for name, stats in (("model error on new labels", model), ("model error on sentinels", sentinel)):
-        if stats:
-            console.print(
-                f"  {name}: energy {stats['energy_mae_per_atom'] * 1000:.1f} meV/atom, "
-                f"forces {stats['force_mae']:.3f} eV/Å MAE ({stats['frames']} frames)",
-                highlight=False,
-            )
-    _print_files(number)
-
-
-def _print_files(number: int) -> None:
-    """The snapshot and report a generation wrote."""
-    from pipeline.documents import Generation
-
-    record = Generation.objects.get(number=number)
-    files = (record.stages or {}).get("report", {}).get("result", {}).get("files", {})
-    for kind in ("hdf5", "report"):
-        if files.get(kind):
-            typer.echo(f"  {kind}: {files[kind]}")
-
-
-#: Columns of the per-generation table of ``selfplay demo --backend xtb``: (title, width).
-TABLE_COLUMNS = (
-    ("gen", 3),
-    ("trained on", 10),
-    ("explored", 8),
-    ("selected", 8),
-    ("labelled", 8),
-    ("failed", 6),
-    ("force MAE eV/Å", 14),
-    ("energy MAE meV/atom", 19),
-    ("seconds", 7),
+app = typer.Typer(
+    name="selfplay",
+    help="Active-learning self-play DFT dataset generator for universal interatomic potentials.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    cls=SelfplayGroup,
 )
+db_app = typer.Typer(help="Inspect the store and import existing data.", no_args_is_help=True, cls=SelfplayGroup)
+app.add_typer(db_app, name="db")
 
 
-def _table_line(cells) -> str:
-    return "  ".join(str(cell).rjust(width) for cell, (_, width) in zip(cells, TABLE_COLUMNS))
+class State:
+    config_path: Optional[Path] = None
 
 
-def _table_row(number: int) -> str:
-    """One generation as a row: what it trained on, found, labelled, and the model's error on its new labels."""
-    from pipeline.documents import Generation
+def config():
+    """The validated configuration (file from --config or SELFPLAY_CONFIG, plus environment)."""
+    from flows.config import load_config
 
-    record = Generation.objects.get(number=number)
-    counts = record.counts or {}
-    model = (record.metrics or {}).get("model")
-    train = (record.stages or {}).get("train", {}).get("result", {})
-    seconds = sum((stage or {}).get("seconds") or 0.0 for stage in (record.stages or {}).values())
-    return _table_line(
-        [
-            record.number,
-            train.get("frames", "-") if train.get("model") else "-",
-            counts.get("explored", 0),
-            counts.get("selected", 0),
-            counts.get("labelled", 0),
-            counts.get("dft_failed", 0),
-            f"{model['force_mae']:.3f}" if model else "-",
-            f"{model['energy_mae_per_atom'] * 1000:.1f}" if model else "-",
-            f"{seconds:.0f}",
-        ]
-    )
+    return load_config(State.config_path)
 
 
-def _describe_labeller(settings) -> str:
-    if settings.backend == "xtb":
-        return f"{settings.method} with tblite"
-    return f"DFT {settings.functional}/{settings.basis} with PySCF"
-
-
-def demo(
-    generations: Optional[int] = typer.Option(
-        None,
-        min=1,
-        max=40,
-        help="Generations to run, the first a cold start (default: 2 with pyscf, 12 with xtb).",
-    ),
-    backend: str = typer.Option(
-        "pyscf", "--backend", help="pyscf: DFT labels, minutes a generation; xtb: GFN2-xTB labels, seconds a generation."
-    ),
-    workdir: Path = typer.Option(Path("selfplay-demo"), help="Where models, snapshot and report land."),
-    prefect: Optional[bool] = typer.Option(
-        None,
-        help="Run through Prefect (a temporary local server if no PREFECT_API_URL is configured); "
-        "default: with pyscf yes, with xtb no (Prefect's per-task overhead would outweigh the labels).",
-    ),
-) -> None:
-    """Run small, real generations on CPU on the embedded store (no database or server needed)."""
-    from dft.labeller import check_settings
-    from pipeline.config import load_config
-    from pipeline.errors import ConfigError
-    from pipeline.store import connect
-
-    if backend not in DEMO_CONFIGS:
-        raise ConfigError(f"--backend must be one of {', '.join(DEMO_CONFIGS)}, not {backend!r}")
-    config_file = DEMO_CONFIGS[backend]
-    generations = generations or DEMO_GENERATIONS[backend]
-    if prefect is None:
-        prefect = backend == "pyscf"
-    config = load_config(config_file, workdir=workdir, mongodb_uri=None)
-    check_settings(config.dft)  # tblite missing: one line now, not a failed label stage later
-    connect(None, database="selfplay-demo")
-    typer.echo(
-        f"selfplay demo: {generations} generations of {', '.join(config.elements)} on the embedded store, "
-        f"{_describe_labeller(config.dft)}, output in {workdir}/"
-    )
-    if prefect:
-        from flows.temporary_server import ensure_prefect_api
-
-        ensure_prefect_api(home=workdir / ".prefect")
-    as_table = backend != "pyscf"  # many short generations: one row each
-    if as_table:
-        typer.echo(_table_line([title for title, _ in TABLE_COLUMNS]))
-    for _ in range(generations):
-        number = _run_one(
-            config, config_file, {"workdir": str(workdir)}, prefect, require_persistent=False, progress=not as_table
-        )
-        if as_table:
-            typer.echo(_table_row(number))
-        else:
-            _print_generation(number)
-    if as_table:
-        _print_files(number)
-
-
-def _run_one(
-    config, config_file: Optional[Path], overrides: dict, prefect: bool, require_persistent: bool, progress: bool = True
-) -> int:
-    if prefect:
-        from flows.temporary_server import ensure_prefect_api
-
-        ensure_prefect_api()  # the configured API or a temporary server; one line if neither answers
-        from flows.generation import generation
-
-        result = generation(
-            config_file=str(config_file) if config_file else None,
-            overrides=overrides,
-            require_persistent_store=require_persistent,
-        )
-        return result["generation"]
-    from pipeline.generation import run_generation
-
-    return run_generation(config, progress=progress).number
-
-
-def run(
-    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="Generation config (YAML)."),
-    prefect: bool = typer.Option(True, help="Run as a Prefect flow (PREFECT_API_URL, or a temporary server)."),
-) -> None:
-    """Run (or resume) one generation against the configured MongoDB."""
-    from pipeline.cli import State
-    from pipeline.config import load_config
+def connect_store(require_persistent: bool = True):
     from pipeline.store import connect_from_config
 
-    path = config_file or State.config_path
-    config = load_config(path)
-    connect_from_config(config, require_persistent=True)  # fail before any work
-    number = _run_one(config, path, {}, prefect, require_persistent=True)
-    _print_generation(number)
+    return connect_from_config(config(), require_persistent=require_persistent)
 
 
-def status() -> None:
-    """The latest generations and the state of each stage."""
-    from rich.console import Console
-    from rich.table import Table
+@app.callback()
+def _main(
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML configuration file (default: $SELFPLAY_CONFIG).", envvar="SELFPLAY_CONFIG"
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-vv for debug)."),
+) -> None:
+    from rich.logging import RichHandler
 
-    from pipeline.cli import connect_store
-    from pipeline.documents import Generation
-    from pipeline.generation import STAGES
+    level = logging.WARNING - 10 * min(verbose, 2)  # -v info, -vv debug
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    for noisy in ("pymongo", "httpx", "httpcore", "urllib3", "asyncio", "numexpr", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    State.config_path = config_file
+
+
+# ----------------------------------------------------------------------------- db
+
+
+@db_app.command("import", cls=SelfplayCommand)
+def db_import(
+    files: List[Path] = typer.Argument(..., help="Files ase.io.read understands, with energies and forces."),
+    theory: Optional[str] = typer.Option(None, help="Level-of-theory key for these labels (default: import:<format>)."),
+) -> None:
+    """Import labelled frames (extxyz, OUTCAR, vasprun.xml, FHI-aims, CASTEP, HDF5 snapshots...)."""
+    from pipeline.importer import import_file
 
     connect_store()
-    table = Table(title="generations")
-    for column in ("generation", "status", *STAGES, "selected", "labelled", "DFT failed", "error"):
-        table.add_column(column)
-    for record in Generation.objects.order_by("-number").limit(20):
-        counts = record.counts or {}
-        table.add_row(
-            str(record.number),
-            record.status,
-            *[(record.stages or {}).get(s, {}).get("status", "-") for s in STAGES],
-            str(counts.get("selected", "-")),
-            str(counts.get("labelled", "-")),
-            str(counts.get("dft_failed", "-")),
-            (record.error or "")[:80],
+    failed = 0
+    for path in files:
+        try:
+            report = import_file(path, theory=theory)
+        except SelfplayError as exc:
+            failed += 1
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            continue
+        console.print(
+            f"{path}: {report.frames} frames, {report.new_frames} new frames, {report.new_labels} new labels "
+            f"({report.theory})",
+            highlight=False,
         )
-    Console().print(table)
+    if failed:
+        raise typer.Exit(2)
+
+
+def print_summary(summary: dict) -> None:
+    console.print(
+        f"frames {summary['frames']}  labels {summary['labels']}  failures {summary['failures']}", highlight=False
+    )
+    if summary["theories"]:
+        console.print("labels per theory: " + ", ".join(f"{k} {v}" for k, v in summary["theories"].items()))
+    table = Table(title="per element")
+    for column in ("element", "frames", "labels", "failures"):
+        table.add_column(column, justify="right")
+    for element, row in summary["per_element"].items():
+        table.add_row(element, str(row["frames"]), str(row["labels"]), str(row["failures"]))
+    console.print(table)
+    table = Table(title="per generation")
+    for column in ("generation", "status", "frames", "labels", "failures"):
+        table.add_column(column, justify="right")
+    status = {g["number"]: g["status"] for g in summary["generations"]}
+    numbers = set(summary["per_generation"]) | set(status)
+    for number in sorted(numbers, key=lambda n: (n is None, n or 0)):
+        row = summary["per_generation"].get(number, {"frames": 0, "labels": 0, "failures": 0})
+        name = "imported" if number is None else str(number)
+        table.add_row(name, status.get(number, "-"), str(row["frames"]), str(row["labels"]), str(row["failures"]))
+    console.print(table)
+
+
+@db_app.command("status", cls=SelfplayCommand)
+def db_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Frames, labels, failures, per element and per generation."""
+    import json
+
+    from pipeline.stats import dataset_summary
+
+    info = connect_store()
+    summary = dataset_summary()
+    if as_json:
+        summary["per_generation"] = {("imported" if k is None else k): v for k, v in summary["per_generation"].items()}
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(f"store: {info.uri} (database {info.database})", highlight=False)
+    print_summary(summary)
+
+
+@app.command("export", cls=SelfplayCommand)
+def export(
+    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
+    format: str = typer.Option("hdf5", "--format", "-f", help="hdf5 or extxyz."),
+    generation: Optional[int] = typer.Option(None, help="Only labels made in this generation."),
+    until: Optional[int] = typer.Option(None, help="Only labels made up to this generation."),
+    elements: Optional[List[str]] = typer.Option(
+        None, help="Only frames made of these elements, e.g. H,C,N,O or H C N O."
+    ),
+    theory: Optional[List[str]] = typer.Option(None, help="Only these level-of-theory keys, e.g. KEY1,KEY2 or KEY1 KEY2."),
+) -> None:
+    """Write a snapshot of the labelled dataset (streaming)."""
+    from pipeline.export import export_snapshot
+
+    connect_store()
+    summary = export_snapshot(
+        out,
+        format=format,
+        generation=generation,
+        until_generation=until,
+        elements=split_names(elements) or None,
+        theories=split_names(theory) or None,
+        progress=sys.stderr.isatty(),
+    )
+    console.print(f"wrote {summary.n_frames} frames ({summary.n_atoms} atoms) to {summary.path}", highlight=False)
+
+
+# ------------------------------------------------------- commands of other packages
+
+
+#: (command, module, function). Those modules keep heavy imports (torch, pyscf, prefect)
+#: inside the functions, so registering them costs nothing at start-up.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "flows.commands.generation", "demo"),
+    ("run", "flows.commands.generation", "run"),
+    ("status", "flows.commands.generation", "status"),
+    ("train", "flows.commands.model", "train"),
+    ("predict", "flows.commands.model", "predict"),
+    ("label", "flows.commands.label", "label"),
+    ("sample", "flows.commands.explore", "sample"),
+    ("select", "flows.commands.explore", "select"),
+    ("dashboard", "flows.commands.dashboard", "dashboard"),
+    ("report", "flows.commands.dashboard", "report"),
+]
+
+
+#: The same for the ``selfplay db`` group.
+DB_COMMANDS: list[tuple[str, str, str]] = [
+    ("summarise", "flows.commands.dashboard", "summarise"),
+]
+
+
+def _register_commands() -> None:
+    for group, commands in ((app, COMMANDS), (db_app, DB_COMMANDS)):
+        for name, module, function in commands:
+            group.command(name, cls=SelfplayCommand)(getattr(importlib.import_module(module), function))
+
+
+_register_commands()
+
+
+def main() -> None:
+    # Not standalone: typer would draw click's errors in a panel of several lines; here
+    # they are shown the way click shows them (usage, help hint, one error line).
+    try:
+        code = app(standalone_mode=False)
+    except SelfplayError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        Console(stderr=True).print("aborted")
+        sys.exit(130)
+    except typer.TyperException as exc:
+        # Usage errors (exit code 2) and the other errors of click. typer parses with its
+        # own copy of click, whose exceptions derive from typer.TyperException and not from
+        # those of the `click` package; show() prints the usage line and "Error: ...".
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    # `python -m flows.cli` runs this file as __main__; run the imported module's app
+    # so that commands importing flows.cli see the same state.
+    from flows.cli import main as _imported_main
+
+    _imported_main()

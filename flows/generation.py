@@ -1,7 +1,8 @@
 """The self-play generation as a Prefect flow.
 
-Only wiring: every stage is a function of :mod:`pipeline.generation`, run as a Prefect
-task; the DFT fan-out is a subflow whose task runner comes from the configuration
+Only wiring: every row of the stage table (:data:`flows.stages.STAGES`) runs as a Prefect
+task, in table order; a stage that fans out (the labelling) is a subflow whose task
+runner comes from the configuration
 (threads on one machine, Dask — e.g. a ``dask_jobqueue`` SLURM cluster — on many), so
 switching runners changes no code. DFT tasks receive frames and settings and return
 outcomes; only this process touches the database, which therefore may even be the
@@ -20,9 +21,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline import generation as stages
-from pipeline.config import SelfplayConfig, load_config
+from flows import stages
+from flows.config import SelfplayConfig, load_config
+from flows.stage_state import fail_generation, finish_generation
 from pipeline.documents import Generation
+from pipeline.ledger import COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -73,55 +76,42 @@ def _prefect_labeller(config: SelfplayConfig, frames, progress: bool):
             bar.stop()
 
 
-@flow(name="label", log_prints=False)
-def label_flow(config: SelfplayConfig, number: int, progress: bool = False) -> dict:
-    generation = Generation.objects.get(number=number)
-    return stages.run_stage(
-        generation,
-        "label",
-        lambda: stages.label_stage(config, generation, labeller=_prefect_labeller, progress=progress),
+def _context(config: SelfplayConfig, number: int, progress: bool = False) -> stages.StageContext:
+    return stages.StageContext(
+        config, Generation.objects.get(number=number), progress=progress, labeller=_prefect_labeller
     )
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(config: SelfplayConfig, number: int) -> dict:
-    generation = Generation.objects.get(number=number)
-    return stages.run_stage(generation, "train", lambda: stages.train_stage(config, generation))
+@task(cache_policy=NO_CACHE)
+def stage_task(config: SelfplayConfig, number: int, name: str) -> dict:
+    """One stage of the table (skipped if it completed before)."""
+    return stages.run_one(_context(config, number), stages.get_stage(name))
 
 
-@task(name="explore", cache_policy=NO_CACHE)
-def explore_task(config: SelfplayConfig, number: int) -> dict:
-    generation = Generation.objects.get(number=number)
-    if stages.is_done(generation, "explore"):
-        return stages.stage_state(generation, "explore").get("result") or {}
-    model = stages.load_generation_model(config, generation)
-    return stages.run_stage(generation, "explore", lambda: stages.explore_stage(config, generation, model))
+@flow(log_prints=False)
+def fan_out_flow(config: SelfplayConfig, number: int, name: str, progress: bool = False) -> dict:
+    """A stage whose work is many tasks (the labelling), on the configured task runner."""
+    return stages.run_one(_context(config, number, progress), stages.get_stage(name))
 
 
-@task(name="select", cache_policy=NO_CACHE)
-def select_task(config: SelfplayConfig, number: int) -> dict:
-    generation = Generation.objects.get(number=number)
-    return stages.run_stage(generation, "select", lambda: stages.select_stage(config, generation))
-
-
-@task(name="report", cache_policy=NO_CACHE)
-def report_task(config: SelfplayConfig, number: int) -> dict:
-    generation = Generation.objects.get(number=number)
-    if not stages.is_done(generation, "report"):
-        model = stages.load_generation_model(config, generation)
-        stages.run_stage(generation, "report", lambda: stages.report_stage(config, generation, model))
-    generation.reload()
-    publish_artifacts(generation)
-    return stages.stage_state(generation, "report").get("result") or {}
+def run_stages(config: SelfplayConfig, number: int) -> dict:
+    """Every stage of the table in order; the last one's result."""
+    result: dict = {}
+    for stage in list(stages.STAGES):
+        if stage.fan_out:
+            runnable = fan_out_flow.with_options(name=stage.name, task_runner=task_runner(config))
+            result = runnable(config, number, stage.name, progress=sys.stderr.isatty())
+        else:
+            result = stage_task.with_options(name=stage.name)(config, number, stage.name)
+    return result
 
 
 def publish_artifacts(generation: Generation) -> None:
     """Per-element table and a markdown summary in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    columns = ("explored", "accurate", "candidate", "failed", "selected", "labelled", "dft_failed")
     rows = [
-        {"element": element, **{c: int(row.get(c, 0)) for c in columns}}
+        {"element": element, **{c: int(row.get(c, 0)) for c in COLUMNS}}
         for element, row in sorted((generation.ledger or {}).items())
     ]
     key = f"generation-{generation.number}"
@@ -136,9 +126,9 @@ def summary_markdown(generation: Generation) -> str:
     lines = [
         f"# Generation {generation.number}",
         "",
-        "| explored | accurate | candidate | failed | selected | labelled | DFT failed |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        "| " + " | ".join(str(counts.get(k, 0)) for k in ("explored", "accurate", "candidate", "failed", "selected", "labelled", "dft_failed")) + " |",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+        "| " + " | ".join(str(counts.get(k, 0)) for k in COLUMNS) + " |",
         "",
         f"Trust window: lo = {thresholds.get('lo')} eV/Å, hi = {thresholds.get('hi')} eV/Å"
         + (" (adaptive)" if thresholds.get("adaptive") else ""),
@@ -171,21 +161,19 @@ def generation(
     info = current()
     if info is None or not info.embedded or require_persistent_store:
         connect_from_config(config, require_persistent=require_persistent_store)
-    record = stages.open_generation(config, number)
+    record = stages.start_generation(config, number)
     _record_flow_run(record)
     number = record.number
     try:
-        train_task(config, number)
-        explore_task(config, number)
-        select_task(config, number)
-        label_flow.with_options(task_runner=task_runner(config))(config, number, progress=sys.stderr.isatty())
-        result = report_task(config, number)
+        result = run_stages(config, number)
     except BaseException as exc:
         record.reload()
         if record.status != "failed":
-            stages.fail_generation(record, "flow", exc)
+            fail_generation(record, "flow", exc)
         raise
-    stages.finish_generation(record)
+    record.reload()
+    publish_artifacts(record)
+    finish_generation(record)
     return {"generation": number, "status": "completed", **result}
 
 

@@ -52,6 +52,7 @@ def frame_fields(
     sigma_f: float | None = None,
     force_deviation: np.ndarray | None = None,
     selected_as: str | None = None,
+    sigma_e: float | None = None,
 ) -> dict:
     """The stored fields of a frame (plain values: also used for bulk inserts)."""
     numbers = np.asarray(atoms.numbers)
@@ -70,6 +71,7 @@ def frame_fields(
         sigma_f=None if sigma_f is None else float(sigma_f),
         force_deviation=None if force_deviation is None else arrays.pack(force_deviation),
         selected_as=selected_as,
+        sigma_e=None if sigma_e is None or np.isnan(sigma_e) else float(sigma_e),
     )
 
 
@@ -90,6 +92,9 @@ class Frame(me.Document):
     #: Largest per-atom ensemble force deviation when the frame was selected (eV/Å).
     sigma_f = me.FloatField()
     force_deviation = me.BinaryField()
+    #: Ensemble energy deviation per atom when the frame was selected (eV/atom): std of
+    #: the members' total energies / n_atoms.
+    sigma_e = me.FloatField()
     #: "candidate" or "sentinel" for explored frames picked for labelling.
     selected_as = me.StringField()
     created_at = me.DateTimeField(default=utcnow)
@@ -119,6 +124,8 @@ class Frame(me.Document):
         atoms.info["frame_hash"] = self.hash
         if self.sigma_f is not None:
             atoms.info["sigma_f"] = self.sigma_f
+        if self.sigma_e is not None:
+            atoms.info["sigma_e"] = self.sigma_e
         if self.force_deviation is not None:
             atoms.arrays["force_deviation"] = arrays.unpack(self.force_deviation, (n,))
         return atoms
@@ -211,7 +218,6 @@ class Failure(me.Document):
     }
 
 
-STAGES = ("train", "explore", "select", "label", "report")
 STATUSES = ("pending", "running", "completed", "failed")
 
 

@@ -15,6 +15,10 @@ from ase.data import atomic_numbers, chemical_symbols
 #: Ledger columns filled by selection. ``labelled`` / ``dft_failed`` are added by the
 #: labelling stage with :func:`add_counts`.
 SELECTION_COLUMNS = ("explored", "accurate", "candidate", "failed", "unscored", "selected", "sentinel")
+#: Ledger columns filled once the frames are labelled (:func:`with_labels`).
+LABEL_COLUMNS = ("labelled", "dft_failed")
+#: Every column, in the order tables show them.
+COLUMNS = SELECTION_COLUMNS + LABEL_COLUMNS
 
 
 def _element_order(symbol: str) -> int:
@@ -76,3 +80,18 @@ def totals(classes: Sequence[str], selected: Sequence[bool], sentinel: Sequence[
     counts["selected"] = int(sum(bool(s) for s in selected))
     counts["sentinel"] = int(sum(bool(s) for s in sentinel))
     return counts
+
+
+def with_labels(
+    ledger: Mapping[str, Mapping[str, int]],
+    labelled: Iterable[Iterable[str]],
+    failed: Iterable[Iterable[str]],
+) -> dict[str, dict[str, int]]:
+    """``ledger`` with its :data:`LABEL_COLUMNS` counted afresh from the element sets of the
+    labelled and of the failed frames (recounted, not added, so a rerun gives the same)."""
+    rows = {element: {**dict(row), **dict.fromkeys(LABEL_COLUMNS, 0)} for element, row in ledger.items()}
+    for column, element_sets in zip(LABEL_COLUMNS, (labelled, failed)):
+        for elements in element_sets:
+            for element in set(elements):
+                rows.setdefault(element, dict.fromkeys(LABEL_COLUMNS, 0))[column] += 1
+    return {element: rows[element] for element in sorted(rows, key=_element_order)}

@@ -9,6 +9,15 @@ ensemble (eV/Å), and classified
 * ``failed``    σ_F ≥ hi   too far out (usually unphysical) to be worth DFT,
 * ``unscored``  no σ_F (no model yet, e.g. generation 0): eligible like a candidate.
 
+σ_F alone misses energy errors: an isolated atom or a frame whose forces vanish by
+symmetry has σ_F = 0 however wrong its energy. With ``e_lo``/``e_hi`` set (DP-GEN's
+``e_trust_lo``/``e_trust_hi``), σ_E, the ensemble's energy deviation per atom (std of
+the members' total energies / number of atoms, eV/atom), is a second trust window: a
+frame is ``accurate`` only when σ_F < lo *and* σ_E < e_lo, ``failed`` when σ_F ≥ hi
+*or* σ_E ≥ e_hi, and a ``candidate`` otherwise. A score a frame lacks does not vote;
+a frame with no score at all is ``unscored``. See :func:`classify` and
+:func:`uncertainty_score` (the ranking of candidates).
+
 Candidates then lose frames with bad geometry, exact duplicates (content hash) of each
 other and of frames already in the database, and near-duplicates (descriptor distance,
 same elements), and the rest are picked for diversity by farthest-point sampling on
@@ -43,7 +52,12 @@ DROP_REASONS = ("geometry", "duplicate-known", "duplicate-batch", "near-duplicat
 
 
 class SelectionConfig(BaseModel):
-    """Trust window and picking rules (σ values in eV/Å)."""
+    """Trust windows and picking rules (σ_F values in eV/Å, σ_E values in eV/atom).
+
+    ``e_lo``/``e_hi`` switch on the energy criterion; both or neither must be given
+    (default: off, as DP-GEN's defaults of 1e10 leave it off). They stay fixed when
+    ``adaptive`` moves lo/hi.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -74,11 +88,16 @@ class SelectionConfig(BaseModel):
         "same-element candidates",
     )
     sentinel_count: int = Field(0, ge=0, description="accurate frames picked at random for labelling anyway")
+    e_lo: float | None = Field(
+        None, gt=0, description="σ_E (ensemble energy std per atom, eV/atom) at or above this: not accurate; None: off"
+    )
+    e_hi: float | None = Field(None, gt=0, description="σ_E at or above this: failed (eV/atom); None: off")
 
     @model_validator(mode="after")
     def _check(self) -> "SelectionConfig":
         if self.lo >= self.hi:
             raise ValueError(f"lo ({self.lo}) must be below hi ({self.hi})")
+        _check_energy_window(self.e_lo, self.e_hi, ValueError)
         for name in ("lo_bounds", "hi_bounds"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
@@ -91,6 +110,14 @@ class SelectionConfig(BaseModel):
         if self.lo_quantile >= self.hi_quantile:
             raise ValueError(f"lo_quantile ({self.lo_quantile}) must be below hi_quantile ({self.hi_quantile})")
         return self
+
+
+def _check_energy_window(e_lo: float | None, e_hi: float | None, error: type[Exception]) -> None:
+    """Both or neither of e_lo/e_hi, and e_lo < e_hi."""
+    if (e_lo is None) != (e_hi is None):
+        raise error(f"e_lo and e_hi go together: give both or neither (got e_lo={e_lo}, e_hi={e_hi})")
+    if e_lo is not None and not 0 < e_lo < e_hi:
+        raise error(f"energy trust window needs 0 < e_lo < e_hi (got e_lo={e_lo}, e_hi={e_hi})")
 
 
 def selection_config(**values) -> SelectionConfig:
@@ -125,17 +152,79 @@ def frame_sigma_f(atoms: Atoms) -> float:
     return float("nan") if value is None else float(value)
 
 
-def classify(sigma: np.ndarray | Sequence[float], lo: float, hi: float) -> np.ndarray:
-    """Class of each frame: accurate (σ < lo), candidate (lo ≤ σ < hi), failed (σ ≥ hi), unscored (NaN)."""
+def frame_sigma_e(atoms: Atoms) -> float:
+    """σ_E (eV/atom) from ``info['sigma_e']``, else ``info['energy_deviation']`` / atoms, else NaN."""
+    value = atoms.info.get("sigma_e")
+    if value is not None:
+        return float(value)
+    deviation = atoms.info.get("energy_deviation")
+    return float("nan") if deviation is None or len(atoms) == 0 else float(deviation) / len(atoms)
+
+
+def _scores(values: np.ndarray | Sequence[float] | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) != n:
+        raise ValueError(f"{len(values)} σ_E values for {n} σ_F values")
+    return values
+
+
+def classify(
+    sigma: np.ndarray | Sequence[float],
+    lo: float,
+    hi: float,
+    *,
+    sigma_e: np.ndarray | Sequence[float] | None = None,
+    e_lo: float | None = None,
+    e_hi: float | None = None,
+) -> np.ndarray:
+    """Class of each frame: accurate, candidate, failed or unscored.
+
+    Force criterion alone (``e_lo``/``e_hi`` None): accurate σ_F < lo, candidate
+    lo ≤ σ_F < hi, failed σ_F ≥ hi, unscored NaN. With the energy window: accurate
+    only if σ_F < lo and σ_E < e_lo, failed if σ_F ≥ hi or σ_E ≥ e_hi, candidate
+    otherwise. A NaN score does not vote (a frame scored by one criterion is judged by
+    it alone); unscored means no score at all. +inf counts as a score (failed).
+    """
     if not lo < hi:
         raise ConfigError(f"trust window needs lo < hi (got lo={lo}, hi={hi})")
+    _check_energy_window(e_lo, e_hi, ConfigError)
     sigma = np.asarray(sigma, dtype=np.float64).reshape(-1)
+    criteria = [(sigma, lo, hi)]
+    if e_lo is not None:
+        criteria.append((_scores(sigma_e, len(sigma)), e_lo, e_hi))
+    present = [np.isfinite(v) | np.isposinf(v) for v, _, _ in criteria]
+    scored = np.logical_or.reduce(present)
+    failed = np.logical_or.reduce([p & (v >= h) for p, (v, _, h) in zip(present, criteria)])
+    below = np.logical_and.reduce([~p | (v < low) for p, (v, low, _) in zip(present, criteria)])
     classes = np.full(sigma.shape, "unscored", dtype=object)
-    scored = np.isfinite(sigma) | np.isposinf(sigma)
-    classes[scored & (sigma < lo)] = "accurate"
-    classes[scored & (sigma >= lo) & (sigma < hi)] = "candidate"
-    classes[scored & (sigma >= hi)] = "failed"
+    classes[scored & ~failed & below] = "accurate"
+    classes[scored & ~failed & ~below] = "candidate"
+    classes[scored & failed] = "failed"
     return classes
+
+
+def uncertainty_score(
+    sigma: np.ndarray | Sequence[float],
+    lo: float,
+    *,
+    sigma_e: np.ndarray | Sequence[float] | None = None,
+    e_lo: float | None = None,
+) -> np.ndarray:
+    """How uncertain each frame is, in units of its trust thresholds: max(σ_F/lo, σ_E/e_lo).
+
+    Candidates (score ≥ 1) are ranked by it: the most uncertain first when near-duplicates
+    are resolved and for the first farthest-point pick. Dividing by the lower thresholds
+    makes the two criteria comparable (a score of 2 is "twice past the trust threshold"
+    whichever deviation it comes from). A NaN score is left out of the max; frames with
+    no score at all get +inf (unscored frames, eligible like candidates, go first). With
+    the energy criterion off this is σ_F/lo, which orders frames as σ_F does.
+    """
+    score = np.asarray(sigma, dtype=np.float64).reshape(-1) / lo
+    if e_lo is not None:
+        score = np.fmax(score, _scores(sigma_e, len(score)) / e_lo)
+    return np.where(np.isnan(score), np.inf, score)
 
 
 @dataclass(frozen=True)
@@ -144,6 +233,8 @@ class Thresholds:
     hi: float
     adaptive: bool  # True when lo/hi came from the history
     n_history: int
+    e_lo: float | None = None  # energy window (eV/atom), fixed; None: off
+    e_hi: float | None = None
 
 
 def resolve_thresholds(config: SelectionConfig, history: Sequence[float] | np.ndarray | None = None) -> Thresholds:
@@ -151,15 +242,17 @@ def resolve_thresholds(config: SelectionConfig, history: Sequence[float] | np.nd
 
     With ``config.adaptive`` and at least ``config.min_history`` finite values in
     ``history``, lo = clip(quantile(history, lo_quantile), lo_bounds) and likewise hi;
-    the bounds are validated disjoint, so lo < hi always holds.
+    the bounds are validated disjoint, so lo < hi always holds. The energy window
+    (``e_lo``/``e_hi``) is passed through as configured.
     """
     values = np.asarray([] if history is None else history, dtype=np.float64).reshape(-1)
     values = values[np.isfinite(values)]
+    energy = {"e_lo": config.e_lo, "e_hi": config.e_hi}
     if not config.adaptive or values.size < config.min_history:
-        return Thresholds(config.lo, config.hi, False, int(values.size))
+        return Thresholds(config.lo, config.hi, False, int(values.size), **energy)
     lo = float(np.clip(np.quantile(values, config.lo_quantile), *config.lo_bounds))
     hi = float(np.clip(np.quantile(values, config.hi_quantile), *config.hi_bounds))
-    return Thresholds(lo, hi, True, int(values.size))
+    return Thresholds(lo, hi, True, int(values.size), **energy)
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -376,6 +469,7 @@ class FrameDecision:
     selected_as: str | None = None  # "candidate", "sentinel" or None
     reason: str | None = None  # one of DROP_REASONS for eligible frames not selected
     detail: str | None = None
+    sigma_e: float | None = None  # ensemble energy deviation per atom (eV/atom), None when not scored
 
 
 @dataclass
@@ -389,27 +483,34 @@ class SelectionResult:
     sentinels: list[int]
     ledger: dict[str, dict[str, int]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    e_lo: float | None = None  # energy window applied (eV/atom); None: off
+    e_hi: float | None = None
 
     def picked_frames(self, frames: Sequence[Atoms]) -> list[Atoms]:
-        """Copies of the selected then sentinel frames, with ``info['selected_as']`` and σ_F."""
+        """Copies of the selected then sentinel frames, with ``info['selected_as']``,
+        ``info['frame_hash']`` and, when scored, ``info['sigma_e']`` (eV/atom)."""
         out = []
         for index, role in [(i, "candidate") for i in self.selected] + [(i, "sentinel") for i in self.sentinels]:
             frame = frames[index].copy()
             frame.info["selected_as"] = role
             frame.info["frame_hash"] = self.decisions[index].hash
+            if self.decisions[index].sigma_e is not None:
+                frame.info["sigma_e"] = self.decisions[index].sigma_e
             out.append(frame)
         return out
 
     def to_dict(self) -> dict:
-        """JSON-able record (strict JSON: non-finite σ_F become None, the class still tells)."""
+        """JSON-able record (strict JSON: non-finite σ_F/σ_E become None, the class still tells)."""
         decisions = []
         for decision in self.decisions:
             record = asdict(decision)
-            if record["sigma_f"] is not None and not np.isfinite(record["sigma_f"]):
-                record["sigma_f"] = None
+            for key in ("sigma_f", "sigma_e"):
+                if record[key] is not None and not np.isfinite(record[key]):
+                    record[key] = None
             decisions.append(record)
+        thresholds = {"lo": self.lo, "hi": self.hi, "adaptive": self.adaptive, "e_lo": self.e_lo, "e_hi": self.e_hi}
         return {
-            "thresholds": {"lo": self.lo, "hi": self.hi, "adaptive": self.adaptive},
+            "thresholds": thresholds,
             "descriptor_source": self.descriptor_source,
             "selected": list(self.selected),
             "sentinels": list(self.sentinels),
@@ -419,25 +520,132 @@ class SelectionResult:
         }
 
 
-def select_arrays(
-    sigma: Sequence[float] | np.ndarray,
-    element_sets: Sequence[Iterable[str]],
-    hashes: Sequence[str],
-    descriptors: np.ndarray,
-    config: SelectionConfig,
-    *,
-    geometry_problems: Sequence[str | None] | None = None,
-    known_hashes: Collection[str] = (),
-    history: Sequence[float] | np.ndarray | None = None,
-    seed: int = 0,
-    descriptor_source: str = "model",
-) -> SelectionResult:
-    """The selection on plain arrays (one entry per explored frame); see the module docstring.
+# ----------------------------------------------------------------------------- phases
 
-    ``geometry_problems[i]`` is None for a physically sane frame, else the reason;
-    ``known_hashes`` are content hashes of frames already in the database; ``history``
-    is recent σ_F for adaptive thresholds; ``seed`` drives the sentinel draw.
-    """
+
+def _score_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) or np.isposinf(value) else None
+
+
+def _initial_decisions(
+    hashes: Sequence[str], element_sets: list[list[str]], sigma: np.ndarray, sigma_e: np.ndarray, classes: np.ndarray
+) -> list[FrameDecision]:
+    return [
+        FrameDecision(
+            index=i,
+            hash=hashes[i],
+            elements=list(element_sets[i]),
+            sigma_f=_score_or_none(sigma[i]),
+            cls=str(classes[i]),
+            sigma_e=_score_or_none(sigma_e[i]),
+        )
+        for i in range(len(sigma))
+    ]
+
+
+def _drop(decision: FrameDecision, reason: str, detail: str) -> None:
+    decision.reason = reason
+    decision.detail = detail
+
+
+def _batch_duplicates(hashes: Sequence[str]) -> dict[int, int]:
+    """Frame -> first frame with its content hash, over all frames in input order (so
+    that a candidate repeated later in the batch is dropped whatever its class)."""
+    first_seen: dict[str, int] = {}
+    duplicate_of: dict[int, int] = {}
+    for i, h in enumerate(hashes):
+        if h in first_seen:
+            duplicate_of[i] = first_seen[h]
+        else:
+            first_seen[h] = i
+    return duplicate_of
+
+
+def _eligible(
+    decisions: list[FrameDecision],
+    problems: Sequence[str | None],
+    known: Collection[str],
+    duplicate_of: dict[int, int],
+) -> list[int]:
+    """Candidates and unscored frames that pass the geometry and hash filters; the
+    others of them get their drop reason."""
+    eligible = []
+    for i, decision in enumerate(decisions):
+        if decision.cls not in ("candidate", "unscored"):
+            continue
+        if problems[i] is not None:
+            _drop(decision, "geometry", problems[i])
+        elif decision.hash in known:
+            _drop(decision, "duplicate-known", "frame already in the database")
+        elif i in duplicate_of:
+            _drop(decision, "duplicate-batch", f"same content hash as frame {duplicate_of[i]}")
+        else:
+            eligible.append(i)
+    return eligible
+
+
+def _pick_candidates(
+    eligible: list[int],
+    priority: np.ndarray,
+    descriptors: np.ndarray,
+    element_sets: list[list[str]],
+    decisions: list[FrameDecision],
+    config: SelectionConfig,
+) -> list[int]:
+    """Near-duplicates out (the most uncertain of them kept), then farthest-point picks up to the cap."""
+    by_priority = sorted(eligible, key=lambda i: (-priority[i], i))
+    near = near_duplicates(
+        descriptors,
+        element_sets,
+        by_priority,
+        distance=config.near_duplicate_distance,
+        relative=config.near_duplicate_relative,
+    ) if len(eligible) > 1 else {}
+    for i, (kept, distance) in near.items():
+        _drop(decisions[i], "near-duplicate", f"descriptor distance {distance:.4g} to frame {kept}")
+    pool = [i for i in by_priority if i not in near]
+    picks_local = farthest_point_sampling(
+        np.asarray(descriptors, dtype=np.float64)[pool] if pool else np.zeros((0, 1)),
+        config.max_selected,
+        groups=[element_sets[i] for i in pool] if config.per_element_balance else None,
+        priority=priority[pool] if pool else np.zeros(0),
+    )
+    selected = [pool[j] for j in picks_local]
+    for i in selected:
+        decisions[i].selected_as = "candidate"
+    chosen = set(selected)
+    for i in pool:
+        if i not in chosen:
+            _drop(decisions[i], "over-cap", f"cap of {config.max_selected} reached")
+    return selected
+
+
+def _pick_sentinels(
+    decisions: list[FrameDecision],
+    problems: Sequence[str | None],
+    known: Collection[str],
+    duplicate_of: dict[int, int],
+    count: int,
+    seed: int,
+) -> list[int]:
+    """``count`` accurate, sane, new frames drawn at random (reproducible by ``seed``)."""
+    accurate = [
+        i
+        for i, d in enumerate(decisions)
+        if d.cls == "accurate" and problems[i] is None and d.hash not in known and i not in duplicate_of
+    ]
+    if not count or not accurate:
+        return []
+    rng = np.random.default_rng(seed)
+    sentinels = sorted(int(i) for i in rng.choice(accurate, size=min(count, len(accurate)), replace=False))
+    for i in sentinels:
+        decisions[i].selected_as = "sentinel"
+    return sentinels
+
+
+def _checked_inputs(
+    sigma, sigma_e, element_sets, hashes, descriptors
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     sigma = np.asarray(sigma, dtype=np.float64).reshape(-1)
     n = len(sigma)
     element_sets = [sorted(set(e), key=lambda s: atomic_numbers.get(s, 0)) for e in element_sets]
@@ -446,99 +654,31 @@ def select_arrays(
             f"selection inputs differ in length: {n} σ_F, {len(element_sets)} element sets, "
             f"{len(hashes)} hashes, {len(descriptors)} descriptors"
         )
-    problems = list(geometry_problems) if geometry_problems is not None else [None] * n
-    thresholds = resolve_thresholds(config, history)
-    classes = classify(sigma, thresholds.lo, thresholds.hi)
-    decisions = [
-        FrameDecision(
-            index=i,
-            hash=hashes[i],
-            elements=list(element_sets[i]),
-            sigma_f=float(sigma[i]) if np.isfinite(sigma[i]) or np.isposinf(sigma[i]) else None,
-            cls=str(classes[i]),
-        )
-        for i in range(n)
-    ]
-    known = set(known_hashes)
+    return sigma, _scores(sigma_e, n), element_sets
 
-    def drop(i: int, reason: str, detail: str) -> None:
-        decisions[i].reason = reason
-        decisions[i].detail = detail
 
-    # Hash duplicates are resolved over all frames in input order, so that a candidate
-    # repeated later in the batch is dropped whatever its class.
-    first_seen: dict[str, int] = {}
-    duplicate_of: dict[int, int] = {}
-    for i, h in enumerate(hashes):
-        if h in first_seen:
-            duplicate_of[i] = first_seen[h]
-        else:
-            first_seen[h] = i
-
-    def passes_filters(i: int) -> bool:
-        if problems[i] is not None:
-            drop(i, "geometry", problems[i])
-            return False
-        if hashes[i] in known:
-            drop(i, "duplicate-known", "frame already in the database")
-            return False
-        if i in duplicate_of:
-            drop(i, "duplicate-batch", f"same content hash as frame {duplicate_of[i]}")
-            return False
-        return True
-
-    eligible = [i for i in range(n) if classes[i] in ("candidate", "unscored") and passes_filters(i)]
-    # Most uncertain first: of two near-duplicates the more informative one is kept.
-    by_sigma = sorted(eligible, key=lambda i: (-np.nan_to_num(sigma[i], nan=np.inf), i))
-    near = near_duplicates(
-        descriptors,
-        element_sets,
-        by_sigma,
-        distance=config.near_duplicate_distance,
-        relative=config.near_duplicate_relative,
-    ) if len(eligible) > 1 else {}
-    for i, (kept, distance) in near.items():
-        drop(i, "near-duplicate", f"descriptor distance {distance:.4g} to frame {kept}")
-    pool = [i for i in by_sigma if i not in near]
-    pool_sigma = np.nan_to_num(sigma[pool], nan=np.inf) if pool else np.zeros(0)
-    picks_local = farthest_point_sampling(
-        np.asarray(descriptors, dtype=np.float64)[pool] if pool else np.zeros((0, 1)),
-        config.max_selected,
-        groups=[element_sets[i] for i in pool] if config.per_element_balance else None,
-        priority=pool_sigma,
-    )
-    selected = [pool[j] for j in picks_local]
-    for i in selected:
-        decisions[i].selected_as = "candidate"
-    chosen = set(selected)
-    for i in pool:
-        if i not in chosen:
-            drop(i, "over-cap", f"cap of {config.max_selected} reached")
-
-    sentinels: list[int] = []
-    if config.sentinel_count:
-        accurate = [
-            i
-            for i in range(n)
-            if classes[i] == "accurate" and problems[i] is None and hashes[i] not in known and i not in duplicate_of
-        ]
-        if accurate:
-            rng = np.random.default_rng(seed)
-            count = min(config.sentinel_count, len(accurate))
-            sentinels = sorted(int(i) for i in rng.choice(accurate, size=count, replace=False))
-            for i in sentinels:
-                decisions[i].selected_as = "sentinel"
-
+def _result(
+    decisions: list[FrameDecision],
+    selected: list[int],
+    sentinels: list[int],
+    thresholds: Thresholds,
+    descriptor_source: str,
+) -> SelectionResult:
+    """The result with its ledger and counts (and one log line)."""
+    element_sets = [d.elements for d in decisions]
+    classes = [d.cls for d in decisions]
     is_selected = [d.selected_as == "candidate" for d in decisions]
     is_sentinel = [d.selected_as == "sentinel" for d in decisions]
-    ledger = element_ledger(element_sets, [d.cls for d in decisions], is_selected, is_sentinel)
-    counts = totals([d.cls for d in decisions], is_selected, is_sentinel)
+    ledger = element_ledger(element_sets, classes, is_selected, is_sentinel)
+    counts = totals(classes, is_selected, is_sentinel)
+    energy = "" if thresholds.e_lo is None else f" e_lo={thresholds.e_lo:.3g} e_hi={thresholds.e_hi:.3g}"
     log.info(
-        "selection: %d frames, lo=%.3g hi=%.3g%s: %s",
-        n,
+        "selection: %d frames, lo=%.3g hi=%.3g%s%s: %s",
+        len(decisions),
         thresholds.lo,
         thresholds.hi,
         " (adaptive)" if thresholds.adaptive else "",
+        energy,
         counts,
     )
     return SelectionResult(
@@ -551,7 +691,50 @@ def select_arrays(
         sentinels=sentinels,
         ledger=ledger,
         counts=counts,
+        e_lo=thresholds.e_lo,
+        e_hi=thresholds.e_hi,
     )
+
+
+def select_arrays(
+    sigma: Sequence[float] | np.ndarray,
+    element_sets: Sequence[Iterable[str]],
+    hashes: Sequence[str],
+    descriptors: np.ndarray,
+    config: SelectionConfig,
+    *,
+    sigma_e: Sequence[float] | np.ndarray | None = None,
+    geometry_problems: Sequence[str | None] | None = None,
+    known_hashes: Collection[str] = (),
+    history: Sequence[float] | np.ndarray | None = None,
+    seed: int = 0,
+    descriptor_source: str = "model",
+) -> SelectionResult:
+    """The selection on plain arrays (one entry per explored frame); see the module docstring.
+
+    ``sigma_e`` is σ_E per frame (eV/atom; NaN or None where not scored), used when the
+    config has an energy window; ``geometry_problems[i]`` is None for a physically sane
+    frame, else the reason; ``known_hashes`` are content hashes of frames already in the
+    database; ``history`` is recent σ_F for adaptive thresholds; ``seed`` drives the
+    sentinel draw.
+
+    Phases: classify (trust windows), filter eligible frames (geometry, hashes), rank
+    them by :func:`uncertainty_score`, drop near-duplicates and pick for diversity up to
+    the cap, draw sentinels, count.
+    """
+    sigma, sigma_e, element_sets = _checked_inputs(sigma, sigma_e, element_sets, hashes, descriptors)
+    n = len(sigma)
+    problems = list(geometry_problems) if geometry_problems is not None else [None] * n
+    thresholds = resolve_thresholds(config, history)
+    classes = classify(sigma, thresholds.lo, thresholds.hi, sigma_e=sigma_e, e_lo=thresholds.e_lo, e_hi=thresholds.e_hi)
+    decisions = _initial_decisions(hashes, element_sets, sigma, sigma_e, classes)
+    known = set(known_hashes)
+    duplicate_of = _batch_duplicates(hashes)
+    eligible = _eligible(decisions, problems, known, duplicate_of)
+    priority = uncertainty_score(sigma, thresholds.lo, sigma_e=sigma_e, e_lo=thresholds.e_lo)
+    selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)
+    sentinels = _pick_sentinels(decisions, problems, known, duplicate_of, config.sentinel_count, seed)
+    return _result(decisions, selected, sentinels, thresholds, descriptor_source)
 
 
 def select_frames(
@@ -565,8 +748,10 @@ def select_frames(
 ) -> SelectionResult:
     """Select from explored frames (``arrays['force_deviation']`` / ``info['sigma_f']``, ``info['descriptor']``).
 
-    Frames without any σ_F are "unscored". ``descriptors`` overrides the frames' own
-    (one row per frame); without either, a model-free fingerprint is used.
+    σ_E comes from ``info['sigma_e']`` (or ``info['energy_deviation']`` / atoms, see
+    :func:`frame_sigma_e`). Frames without any score are "unscored". ``descriptors``
+    overrides the frames' own (one row per frame); without either, a model-free
+    fingerprint is used.
     """
     for index, frame in enumerate(frames):
         if not isinstance(frame, Atoms):
@@ -574,6 +759,7 @@ def select_frames(
         if len(frame) == 0:
             raise InvalidStructure(f"frame {index}: structure has no atoms")
     sigma = np.array([frame_sigma_f(frame) for frame in frames], dtype=np.float64)
+    sigma_e = np.array([frame_sigma_e(frame) for frame in frames], dtype=np.float64)
     if descriptors is None:
         descriptors, source = frame_descriptors(frames)
     else:
@@ -590,6 +776,7 @@ def select_frames(
         [frame_hash(frame) for frame in frames],
         descriptors if len(frames) else np.zeros((0, 1)),
         config,
+        sigma_e=sigma_e,
         geometry_problems=problems,
         known_hashes=known_hashes,
         history=history,

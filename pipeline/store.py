@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 import mongoengine as me
 import numpy as np
@@ -23,13 +24,17 @@ import pymongo.errors
 from ase import Atoms
 from ase.data import chemical_symbols
 from bson import ObjectId
+from pydantic import SecretStr
 from pymongo import uri_parser
 
 from pipeline import arrays
-from pipeline.config import mask_uri
 from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, hill_formula_of_counts, utcnow
 from pipeline.errors import InvalidStructure, StoreError, StoreUnavailable
 from pipeline.hashing import frame_hashes
+
+# The read path (labelled frames streamed in frame order) is pipeline.reads; the store's
+# public names are importable from here as well.
+from pipeline.reads import iter_batches, iter_labelled, iter_records, label_query  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,23 @@ class StoreInfo:
 
 
 _current: StoreInfo | None = None
+
+
+def mask_uri(uri: str | SecretStr | None) -> str:
+    """The URI with its password replaced by ``***`` (for logs and error messages)."""
+    if uri is None:
+        return "embedded"
+    if isinstance(uri, SecretStr):
+        uri = uri.get_secret_value()
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.password is None and "@" not in parts.netloc:
+        return uri
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
 
 
 def connect(

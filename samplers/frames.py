@@ -7,7 +7,8 @@ calculator, so it can never be mistaken for a labelled frame) carrying
   ``parent`` (content hash of the structure it came from, or None), ``temperature``
   (target, K, or None) and ``step``;
 * when scored by a model: ``arrays['force_deviation']`` (per-atom σ_i, eV/Å),
-  ``info['sigma_f']`` (max σ_i), ``info['energy_deviation']``, ``info['model_energy']``,
+  ``info['sigma_f']`` (max σ_i), ``info['energy_deviation']`` (std of the members' total
+  energies, eV), ``info['sigma_e']`` (that per atom, eV/atom), ``info['model_energy']``,
   ``arrays['model_forces']`` (for calibration once a label exists) and
   ``info['descriptor']`` (the model's per-structure features, used for diversity).
 
@@ -27,6 +28,7 @@ from ase import Atoms
 
 from pipeline.errors import DataFileError
 from pipeline.hashing import frame_hash
+from pipeline.jsonable import json_default
 
 #: info keys holding dicts that travel as JSON strings in extended XYZ.
 JSON_INFO_KEYS = ("provenance", "stop")
@@ -54,26 +56,14 @@ def provenance(
     """The provenance record every sampled frame carries (JSON-able values only)."""
     record = {
         "sampler": sampler,
-        "params": json.loads(json.dumps(dict(params), default=_jsonable)),
+        "params": json.loads(json.dumps(dict(params), default=json_default)),
         "seed": int(seed),
         "parent": parent,
         "temperature": None if temperature is None else float(temperature),
         "step": None if step is None else int(step),
     }
-    record.update(json.loads(json.dumps(extra, default=_jsonable)))
+    record.update(json.loads(json.dumps(extra, default=json_default)))
     return record
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def attach_scores(frame: Atoms, result: Mapping[str, Any] | None) -> Atoms:
@@ -89,6 +79,7 @@ def attach_scores(frame: Atoms, result: Mapping[str, Any] | None) -> Atoms:
         frame.info["sigma_f"] = float(deviation.max()) if deviation.size else float("nan")
     if result.get("energy_deviation") is not None:
         frame.info["energy_deviation"] = float(result["energy_deviation"])
+        frame.info["sigma_e"] = float(result["energy_deviation"]) / len(frame) if len(frame) else float("nan")
     if result.get("energy") is not None:
         frame.info["model_energy"] = float(result["energy"])
     if result.get("forces") is not None:
@@ -131,7 +122,7 @@ def write_frames(path: Path | str, frames: Iterable[Atoms], append: bool = False
         out.calc = None
         for key, value in list(out.info.items()):
             if isinstance(value, (dict, list, tuple)) or key in JSON_INFO_KEYS:
-                out.info[key] = json.dumps(value, default=_jsonable)
+                out.info[key] = json.dumps(value, default=json_default)
             elif value is None:
                 del out.info[key]
         prepared.append(out)

@@ -39,10 +39,12 @@ AMU_GRAMS = 1.66053906660e-24
 MAX_PACKING = math.pi / (3 * math.sqrt(2))
 
 
-class RandomStructureConfig(BaseModel):
+class RandomStructureParams(BaseModel):
+    """Everything of :class:`RandomStructureConfig` except the element set (the root
+    configuration's ``explore.random.params``, whose elements are the run's)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    elements: list[str] = Field(description="element set to draw compositions from (H..Bi)")
     min_atoms: int = Field(4, ge=1, le=10_000)
     max_atoms: int = Field(32, ge=1, le=10_000)
     max_species: int = Field(3, ge=1, description="most distinct elements in one structure")
@@ -63,18 +65,25 @@ class RandomStructureConfig(BaseModel):
     max_attempts: int = Field(30, ge=1, description="fresh cells tried before giving up on a structure")
     insertion_tries: int = Field(300, ge=1, description="random positions tried per atom within one cell")
 
-    @field_validator("elements")
-    @classmethod
-    def _elements(cls, value: list[str]) -> list[str]:
-        return check_elements(value)
-
     @model_validator(mode="after")
-    def _check(self) -> "RandomStructureConfig":
+    def _check(self):
         if self.volume_per_atom is not None and self.density is not None:
             raise ValueError("give volume_per_atom or density, not both")
         if self.min_atoms > self.max_atoms:
             raise ValueError(f"min_atoms ({self.min_atoms}) exceeds max_atoms ({self.max_atoms})")
         return self
+
+    def with_elements(self, elements: list[str]) -> "RandomStructureConfig":
+        return RandomStructureConfig(elements=elements, **self.model_dump())
+
+
+class RandomStructureConfig(RandomStructureParams):
+    elements: list[str] = Field(description="element set to draw compositions from (H..Bi)")
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, value: list[str]) -> list[str]:
+        return check_elements(value)
 
 
 def draw_composition(config: RandomStructureConfig, rng: np.random.Generator) -> np.ndarray:

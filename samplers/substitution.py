@@ -64,10 +64,12 @@ def prototype_species(name: str) -> list[str]:
     return list(dict.fromkeys(Atoms(spec["name"]).get_chemical_symbols()))
 
 
-class SubstitutionConfig(BaseModel):
+class SubstitutionParams(BaseModel):
+    """Everything of :class:`SubstitutionConfig` except the element set (the root
+    configuration's ``explore.substitution.params``)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    elements: list[str] = Field(description="elements that may appear in the substituted structures (H..Bi)")
     mode: Literal["similar", "random"] = Field(
         "similar", description="similar: pymatgen substitution probabilities; random: uniform over the set"
     )
@@ -92,11 +94,6 @@ class SubstitutionConfig(BaseModel):
     )
     hi: float | None = Field(0.5, gt=0, description="relax stops at the first frame with σ_F >= hi (eV/Å)")
 
-    @field_validator("elements")
-    @classmethod
-    def _elements(cls, value: list[str]) -> list[str]:
-        return check_elements(value)
-
     @field_validator("prototypes")
     @classmethod
     def _prototypes(cls, value: list[str]) -> list[str]:
@@ -106,6 +103,18 @@ class SubstitutionConfig(BaseModel):
         if not value:
             raise ValueError("no prototypes given")
         return value
+
+    def with_elements(self, elements: list[str]) -> "SubstitutionConfig":
+        return SubstitutionConfig(elements=elements, **self.model_dump())
+
+
+class SubstitutionConfig(SubstitutionParams):
+    elements: list[str] = Field(description="elements that may appear in the substituted structures (H..Bi)")
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, value: list[str]) -> list[str]:
+        return check_elements(value)
 
 
 def prototype_structure(name: str) -> Atoms:
@@ -290,6 +299,8 @@ def _relax(calculator: Any, atoms: Atoms, config: SubstitutionConfig) -> tuple[l
             result = dict(work.calc.results)
             if result.get("force_deviation") is None:
                 result["force_deviation"] = work.calc.get_property("force_deviation", work)
+                # energy_deviation / descriptor come with the deviation (ScoredCalculator)
+                result.update({k: v for k, v in work.calc.results.items() if k not in result})
         except InvalidStructure as exc:
             status = {"reason": "unphysical", "step": step, "detail": f"model refused the geometry: {exc}"}
             break

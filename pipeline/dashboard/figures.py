@@ -57,7 +57,6 @@ SELECTION_CLASSES = ("accurate", "candidate", "failed", "unscored")
 #: Calibration points drawn at most (SVG stays responsive).
 MAX_CALIBRATION_POINTS = 1500
 STAGE_MARKS = {"completed": "✓", "running": "…", "failed": "✗", "pending": "·"}
-STAGES = ("train", "explore", "select", "label", "report")
 FONT = dict(family="Inter, 'Segoe UI', Helvetica, Arial, sans-serif", size=13)
 
 
@@ -794,7 +793,8 @@ def generation_rows(snapshot: Snapshot, limit: int = 20, env: Optional[Mapping[s
                 "generation": number,
                 "status": status,
                 "stages": " ".join(
-                    f"{name} {STAGE_MARKS.get((stages.get(name) or {}).get('status') or 'pending', '?')}" for name in STAGES
+                    # The stages the generation was opened with, in table order (flows.stages).
+                    f"{name} {STAGE_MARKS.get((state or {}).get('status') or 'pending', '?')}" for name, state in stages.items()
                 ),
                 "started": format_time(started),
                 "duration": format_duration(duration),

@@ -15,7 +15,7 @@ def selfplay(*args, env=None, cwd=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SELFPLAY_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
     )
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from pipeline.cli import app
-from pipeline.cli_parsing import SelfplayCommand, split_names, spread_list_options
+from flows.cli import app
+from flows.cli_parsing import SelfplayCommand, split_names, spread_list_options
 
 SELFPLAY = str(Path(sys.executable).with_name("selfplay"))
 

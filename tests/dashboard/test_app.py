@@ -44,7 +44,7 @@ def expected(first=None, last=None, imported=True) -> dict:
 
 
 def test_binds_loopback_by_default(embedded_store):
-    from pipeline.dashboard import cli
+    from flows.commands import dashboard as cli
 
     default = inspect.signature(cli.dashboard).parameters["host"].default.default
     assert default == "127.0.0.1"

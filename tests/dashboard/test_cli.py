@@ -12,14 +12,14 @@ from . import fixtures as F
 
 
 def test_commands_are_registered():
-    from pipeline.cli import app
+    from flows.cli import app
 
     names = {command.name for command in app.registered_commands}
     assert {"dashboard", "report"} <= names
 
 
 def test_bad_options_are_plain_errors():
-    from pipeline.dashboard import cli
+    from flows.commands import dashboard as cli
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--port must be between 1 and 65535 \(got 70000\)"):
@@ -29,7 +29,7 @@ def test_bad_options_are_plain_errors():
 
 
 def test_report_needs_a_persistent_store(tmp_path, monkeypatch):
-    from pipeline.dashboard import cli
+    from flows.commands import dashboard as cli
     from pipeline.errors import StoreError
 
     for name in [n for n in os.environ if n.startswith("SELFPLAY_")]:
@@ -46,7 +46,7 @@ def test_report_command_against_a_server(server_store, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFPLAY_", "PREFECT_"))}
     env["SELFPLAY_MONGODB_URI"] = server_store
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "report", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "flows.cli", "report", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout
@@ -56,7 +56,7 @@ def test_report_command_against_a_server(server_store, tmp_path):
 
 @pytest.mark.mongo
 def test_summarise_command_fills_in_missing_summaries(server_store, monkeypatch):
-    from pipeline.dashboard import cli
+    from flows.commands import dashboard as cli
     from pipeline.dashboard.summaries import missing_summaries
 
     F.fill_store()

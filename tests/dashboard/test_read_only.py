@@ -111,7 +111,7 @@ def test_read_only_server_connection_sends_no_create_indexes(mongo_server_uri, t
 def test_dashboard_commands_connect_read_only(monkeypatch, tmp_path):
     """``selfplay report`` (and ``selfplay dashboard``) pass read_only=True to connect."""
     import pipeline.store
-    from pipeline.dashboard import cli
+    from flows.commands import dashboard as cli
 
     seen = {}
 

@@ -106,16 +106,18 @@ def test_the_flows_report_shows_its_own_generation_completed(embedded_store, tmp
     """The report stage writes the report before the flow marks the generation finished."""
     import re
 
-    from pipeline.config import load_config
+    from flows.config import load_config
+    from flows.stage_state import finish_generation, run_stage
+    from flows.stages import StageContext, report_stage
     from pipeline.dashboard.queries import take_snapshot
     from pipeline.dashboard.readonly import ReadOnlyDatabase
     from pipeline.documents import Generation
-    from pipeline.generation import finish_generation, report_stage, run_stage
 
     F.fill_store()
     config = load_config(workdir=tmp_path, generation={"export_hdf5": False, "write_report": True})
     generation = Generation.objects.get(number=2)  # running in the fixture
-    result = run_stage(generation, "report", lambda: report_stage(config, generation, model=None))
+    ctx = StageContext(config, generation, model_loader=lambda *_: None)
+    result = run_stage(generation, "report", lambda: report_stage(ctx))
     text = open(result["files"]["report"], encoding="utf-8").read()
     row = re.search(r'<tr data-generation="2">.*?</tr>', text).group(0)
     assert 'class="status status-completed"' in row and "running" not in row

@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.units import Hartree
 from typer.testing import CliRunner
 
-from dft.cli import label
+from flows.commands.label import label
 from pipeline.errors import DataFileError, InvalidStructure
 from tests.dft.helpers import pyscf_reference, small_molecule
 

@@ -14,8 +14,8 @@ from ase.calculators.emt import EMT
 from typer.testing import CliRunner
 
 from dft import ASESettings, DFTResult, DFTSettings, XTBSettings, label_frames, single_point
-from dft.cli import label
 from dft.labeller import labeller_settings
+from flows.commands.label import label
 from pipeline.errors import ConfigError
 
 EMT_PATH = "ase.calculators.emt:EMT"
@@ -55,7 +55,7 @@ def test_pyscf_keys_do_not_see_the_protocol_fields():
 
 
 def test_the_generation_config_takes_any_kind(tmp_path, monkeypatch):
-    from pipeline.config import load_config
+    from flows.config import load_config
 
     path = tmp_path / "config.yaml"
     path.write_text("dft: {backend: xtb, method: GFN1-xTB, electronic_temperature: 500}\n")

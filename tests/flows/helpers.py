@@ -8,7 +8,7 @@ TINY = Path(__file__).with_name("tiny.yaml")
 
 
 def tiny_config(workdir: Path, **overrides):
-    from pipeline.config import load_config
+    from flows.config import load_config
 
     return load_config(TINY, workdir=workdir, **overrides)
 

@@ -34,7 +34,7 @@ def run(config_path, uri="mongodb://127.0.0.1:1/x"):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFPLAY_", "PREFECT_"))}
     env.update(SELFPLAY_MONGODB_URI=uri, SELFPLAY_DB_TIMEOUT_MS="500")
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config_path), "run", "--no-prefect"],
+        [sys.executable, "-m", "flows.cli", "--config", str(config_path), "run", "--no-prefect"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -41,7 +41,7 @@ def test_demo_runs_a_real_generation_on_a_fresh_setup_of_a_busy_machine(tmp_path
     workdir = tmp_path / "demo"  # does not exist yet, like on a fresh machine
     with busy_cpus():
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "demo", "--generations", "1", "--workdir", str(workdir)],
+            [sys.executable, "-m", "flows.cli", "demo", "--generations", "1", "--workdir", str(workdir)],
             cwd=tmp_path,
             env=env,
             capture_output=True,

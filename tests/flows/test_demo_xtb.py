@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFPLAY_", "PREFECT_"))}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "demo", *args],
+        [sys.executable, "-m", "flows.cli", "demo", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -26,8 +26,8 @@ def run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_xtb_demo_prints_a_row_per_generation(tmp_path):
     pytest.importorskip("tblite")
-    from flows.cli import DEMO_CONFIGS, TABLE_COLUMNS
-    from pipeline.config import load_config
+    from flows.commands.generation import DEMO_CONFIGS, TABLE_COLUMNS
+    from flows.config import load_config
 
     workdir = tmp_path / "demo"
     result = run_demo(tmp_path, "--backend", "xtb", "--generations", "2", "--workdir", str(workdir))

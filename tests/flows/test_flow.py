@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 
 
 def labels_through(runner: str, tmp_path, database: str) -> dict:
-    from flows.generation import label_flow, task_runner
+    from flows.generation import fan_out_flow, task_runner
     from pipeline.generation import run_generation
     from pipeline.store import connect
 
@@ -20,7 +20,7 @@ def labels_through(runner: str, tmp_path, database: str) -> dict:
     config = tiny_config(tmp_path / runner, resources={"task_runner": runner, "dask_workers": 2, "dft_workers": 2})
     record = run_generation(config, stop_after="select")
     assert record.stages["select"]["status"] == "completed"
-    label_flow.with_options(task_runner=task_runner(config))(config, record.number, progress=runner == "threads")
+    fan_out_flow.with_options(task_runner=task_runner(config))(config, record.number, "label", progress=runner == "threads")
     record.reload()
     assert record.stages["label"]["status"] == "completed"
     return label_table(config.dft.theory_key())

@@ -4,8 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
+from flows.stages import generation_labelled_atoms, run_generation
 from pipeline.documents import Failure, Frame, Generation, Label, ModelVersion
-from pipeline.generation import fetch_model, generation_labelled_atoms, model_errors, run_generation
+from pipeline.model_registry import fetch_model
+from potential.evaluation import model_errors
 
 from .helpers import tiny_config
 
@@ -60,7 +62,8 @@ def test_three_generations_grow_the_dataset_and_the_model_learns(embedded_store,
 
 
 def test_rerunning_a_completed_stage_does_not_redo_it(embedded_store, tmp_path):
-    from pipeline.generation import open_generation, run_stage
+    from flows.stage_state import run_stage
+    from flows.stages import start_generation as open_generation
 
     config = tiny_config(tmp_path)
     record = open_generation(config)
@@ -78,7 +81,7 @@ def test_rerunning_a_completed_stage_does_not_redo_it(embedded_store, tmp_path):
 def test_frame_archive_is_bit_exact():
     from ase.build import molecule
 
-    from pipeline.generation import pack_frames, unpack_frames
+    from pipeline.frame_archive import pack_frames, unpack_frames
 
     frames = [molecule("H2O"), molecule("CH4")]
     frames[0].positions += np.pi * 1e-7

@@ -31,7 +31,7 @@ def reference(backend: str, atoms):
 def test_two_generations_with_another_labeller(store, tmp_path, backend):
     if backend == "xtb":
         pytest.importorskip("tblite")
-    from pipeline.config import load_config
+    from flows.config import load_config
 
     config = load_config(tiny_config_file(tmp_path, backend), workdir=tmp_path / "out")
     assert config.dft.backend == backend

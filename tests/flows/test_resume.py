@@ -22,7 +22,7 @@ def start_generation(uri: str, workdir, config) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFPLAY_")}
     env.update(SELFPLAY_MONGODB_URI=uri, SELFPLAY_WORKDIR=str(workdir), SELFPLAY_RESOURCES__DFT_WORKERS="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run", "--no-prefect"],
+        [sys.executable, "-m", "flows.cli", "--config", str(config), "run", "--no-prefect"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -161,7 +161,7 @@ def test_nve_md_conserves_energy(trained):
 
 
 def test_cli_train_and_predict(emt_train_frames, tmp_path):
-    from potential.cli import predict, train
+    from flows.commands.model import predict, train
 
     data = tmp_path / "data.extxyz"
     write(data, emt_train_frames[:24], format="extxyz")
@@ -222,8 +222,8 @@ def test_gpu_matches_cpu(trained, emt_test_frames):
 
 @pytest.mark.mongo
 def test_cli_trains_on_the_store(emt_train_frames, tmp_path, server_store, monkeypatch):
+    from flows.commands.model import train
     from pipeline.store import add_frame, add_label
-    from potential.cli import train
 
     for atoms in emt_train_frames[:12]:
         frame, _ = add_frame(atoms, source="test")

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from flows.commands.explore import run_sampler, sample, select
 from pipeline.errors import ConfigError, DataFileError, SelfplayError
 from pipeline.hashing import frame_hash
-from samplers.cli import run_sampler, sample, select
 from samplers.frames import read_frames, write_frames
 from samplers.random_structures import RandomStructureConfig, sample_random
 

@@ -117,6 +117,8 @@ def test_relaxation_with_the_model_lowers_the_energy(ensemble):
         assert set(frame.get_chemical_symbols()) <= {"Ag", "Au", "Pd"}
         assert frame.info["provenance"]["mapping"] == frames[0].info["provenance"]["mapping"]
         assert "force_deviation" in frame.arrays
+        # the energy deviation comes with the force deviation from the scorer
+        assert frame.info["sigma_e"] == pytest.approx(frame.info["energy_deviation"] / len(frame))
 
 
 def test_md_follow_up_uses_the_model(ensemble):

@@ -226,7 +226,8 @@ def test_every_decision_and_the_ledger_are_recorded():
     }
     record = json.loads(json.dumps(result.to_dict()))
     assert record["decisions"][4]["sigma_f"] is None
-    assert record["thresholds"] == {"lo": 0.1, "hi": 0.5, "adaptive": False}
+    assert record["thresholds"] == {"lo": 0.1, "hi": 0.5, "adaptive": False, "e_lo": None, "e_hi": None}
+    assert record["decisions"][1]["sigma_e"] is None  # no energy deviation on these frames
     picked = result.picked_frames(frames)
     assert [f.info["selected_as"] for f in picked] == ["candidate", "candidate"]
     assert picked[0].info["frame_hash"] == frame_hash(frames[3])

@@ -6,7 +6,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from pipeline import arrays
+from pipeline import arrays, reads
 from pipeline.documents import Frame, Label, frame_fields, hill_formula
 from pipeline.errors import DataFileError, InvalidStructure
 from pipeline.hashing import frame_hash
@@ -115,7 +115,7 @@ def test_export_joins_labels_to_frames_in_frame_order(store, tmp_path, monkeypat
     merged = exported()
     assert merged == expected
     for fraction in (0.0, 2.0):  # force the merge join, then the per-batch $in lookup
-        monkeypatch.setattr(export, "MERGE_JOIN_FRACTION", fraction)
+        monkeypatch.setattr(reads, "MERGE_JOIN_FRACTION", fraction)
         assert exported(theories=["a", "b"]) == expected
         assert exported(generation=1) == [e for e in expected if e[0] in {stored[1].hash, stored[5].hash}]
         assert [(r.frame_hash, r.theory) for r in export.iter_records(export.label_query(theories=["b"]), batch_size=2)] == [
@@ -144,13 +144,14 @@ def test_export_batches_round_trip_through_hdf5_bit_exact(store, tmp_path):
     labels = [(float(rng.normal()), rng.normal(size=(len(a), 3)), rng.normal(size=6) if a.pbc.all() else None) for a in frames]
     add_labelled_frames(frames, labels, theory="t", source="synthetic")
     import pipeline.export as export
+    import pipeline.reads as reads
 
     original = export.BATCH
     try:
-        export.BATCH = 8  # several batches with a short last one
+        export.BATCH = reads.BATCH = 8  # several batches with a short last one
         export_snapshot(tmp_path / "s.h5")
     finally:
-        export.BATCH = original
+        export.BATCH = reads.BATCH = original
     with h5py.File(tmp_path / "s.h5", "r") as f:
         offsets = f["offsets"][:]
         assert len(offsets) == len(frames) + 1

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import load_config, mask_uri
+from flows.config import load_config, mask_uri
 from pipeline.errors import ConfigError
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from ase import Atoms
 
 import pipeline.export as export
+import pipeline.reads as reads
 from pipeline.export import HDF5Writer, Record, RecordBatch, export_snapshot, read_hdf5
 from pipeline.hashing import frame_hash
 from pipeline.importer import import_file, read_frames
@@ -89,6 +90,7 @@ def test_multi_chunk_export_round_trips_bit_for_bit(store, tmp_path, monkeypatch
     generations = [i // 50 for i in range(150)]
     add_labelled_frames(frames, labels, theory="t", source="md", provenance=provenance, label_generation=generations)
     monkeypatch.setattr(export, "BATCH", 16)
+    monkeypatch.setattr(reads, "BATCH", 16)
     monkeypatch.setattr(export, "CHUNK_BYTES", 256)  # a handful of rows per chunk
     batches: list[int] = []
     add_batch = HDF5Writer.add_batch

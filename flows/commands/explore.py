@@ -15,7 +15,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
-from pipeline.cli_parsing import split_names
+from flows.cli_parsing import split_names
 from pipeline.errors import ConfigError, DataFileError
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ SECTIONS = {"random": "random", "melt-quench": "melt_quench", "substitute": "sub
 def _settings(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    from pipeline.config import read_config_file
+    from flows.config import read_config_file
 
     data = read_config_file(path)
     unknown = sorted(set(data) - set(SECTIONS.values()))
@@ -169,7 +169,7 @@ def _known_hashes(path: Path | None) -> set[str]:
 
 def _stored_hashes(frames) -> set[str]:
     """Hashes of ``frames`` already stored, when a MongoDB is configured (else none)."""
-    from pipeline.cli import config as cli_config
+    from flows.cli import config as cli_config
     from pipeline.hashing import frame_hash
     from pipeline.store import connect_from_config, existing_hashes
 

@@ -10,54 +10,28 @@ secret whose password never appears in logs, reprs or errors.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar, Optional
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
 # Section models live next to the code they configure; this module composes them.
 from dft.labeller import LabellerSettings
 from dft.settings import DFTSettings
 from pipeline.errors import ConfigError, first_validation_problem
 from pipeline.selection import SelectionConfig
+from pipeline.store import mask_uri
 from potential.config import ModelConfig, TrainConfig
 from samplers.dynamics import MeltQuenchConfig
-from samplers.random_structures import RandomStructureConfig
-from samplers.substitution import SubstitutionConfig
+from samplers.random_structures import RandomStructureConfig, RandomStructureParams
+from samplers.substitution import SubstitutionConfig, SubstitutionParams
 
-
-def mask_uri(uri: str | SecretStr | None) -> str:
-    """The URI with its password replaced by ``***`` (for logs and error messages)."""
-    if uri is None:
-        return "embedded"
-    if isinstance(uri, SecretStr):
-        uri = uri.get_secret_value()
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if parts.password is None and "@" not in parts.netloc:
-        return uri
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
-
-
-class _YamlSource(PydanticBaseSettingsSource):
-    """Settings from the YAML file named by :attr:`SelfplayConfig._yaml_path`."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
+#: The YAML file of the configuration being loaded (:func:`load_config`), read by
+#: pydantic-settings' own YAML source; per call, so that threads load apart.
+_yaml_file: ContextVar[Optional[Path]] = ContextVar("selfplay_yaml_file", default=None)
 
 
 class _Section(BaseModel):
@@ -69,10 +43,10 @@ class RandomSampler(_Section):
 
     enabled: bool = True
     count: int = Field(16, ge=0, description="structures per generation")
-    params: dict[str, Any] = Field(default_factory=dict, description="RandomStructureConfig fields except elements")
+    params: RandomStructureParams = Field(default_factory=RandomStructureParams)
 
     def build(self, elements: list[str]) -> RandomStructureConfig:
-        return RandomStructureConfig(elements=elements, **self.params)
+        return self.params.with_elements(elements)
 
 
 class MeltQuenchSampler(_Section):
@@ -83,13 +57,16 @@ class MeltQuenchSampler(_Section):
     from_database: float = Field(
         0.5, ge=0, le=1, description="share of starting structures drawn from labelled frames (rest: random)"
     )
-    start: dict[str, Any] = Field(
-        default_factory=dict, description="RandomStructureConfig fields for random starting structures"
+    start: RandomStructureParams = Field(
+        default_factory=RandomStructureParams, description="the random starting structures"
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="MeltQuenchConfig fields")
+    params: MeltQuenchConfig = Field(default_factory=MeltQuenchConfig)
 
     def build(self) -> MeltQuenchConfig:
-        return MeltQuenchConfig(**self.params)
+        return self.params
+
+    def build_start(self, elements: list[str]) -> RandomStructureConfig:
+        return self.start.with_elements(elements)
 
 
 class SubstitutionSampler(_Section):
@@ -98,10 +75,10 @@ class SubstitutionSampler(_Section):
     enabled: bool = True
     count: int = Field(8, ge=0, description="substituted structures per generation")
     from_database: float = Field(0.5, ge=0, le=1, description="share of seeds drawn from labelled frames")
-    params: dict[str, Any] = Field(default_factory=dict, description="SubstitutionConfig fields except elements")
+    params: SubstitutionParams = Field(default_factory=SubstitutionParams)
 
     def build(self, elements: list[str]) -> SubstitutionConfig:
-        return SubstitutionConfig(elements=elements, **self.params)
+        return self.params.with_elements(elements)
 
 
 class ExploreConfig(_Section):
@@ -158,8 +135,6 @@ class SelfplayConfig(BaseSettings):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
 
-    _yaml_data: ClassVar[dict[str, Any]] = {}
-
     @field_validator("elements")
     @classmethod
     def _check_elements(cls, value: list[str]) -> list[str]:
@@ -172,19 +147,7 @@ class SelfplayConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_samplers(self) -> "SelfplayConfig":
-        # Build every sampler configuration now, so a bad parameter fails before any work.
         explore = self.explore
-        for name, build in (
-            ("explore.random.params", lambda: explore.random.build(self.elements)),
-            ("explore.melt_quench.start", lambda: RandomStructureConfig(elements=self.elements, **explore.melt_quench.start)),
-            ("explore.melt_quench.params", explore.melt_quench.build),
-            ("explore.substitution.params", lambda: explore.substitution.build(self.elements)),
-        ):
-            try:
-                build()
-            except ValidationError as exc:
-                where, message = first_validation_problem(exc)
-                raise ValueError(f"{name}.{where}: {message}") from None
         if not any(
             (explore.random.enabled and explore.random.count, explore.melt_quench.enabled and explore.melt_quench.trajectories,
              explore.substitution.enabled and explore.substitution.count)
@@ -204,7 +167,7 @@ class SelfplayConfig(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        return init_settings, env_settings, _YamlSource(settings_cls, cls._yaml_data)
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=_yaml_file.get())
 
     def uri(self) -> str | None:
         return None if self.mongodb_uri is None else self.mongodb_uri.get_secret_value()
@@ -251,7 +214,7 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> SelfplayCon
         path = os.environ["SELFPLAY_CONFIG"]
     data = read_config_file(Path(path)) if path is not None else {}
     source = f"config {path}" if path is not None else "config"
-    SelfplayConfig._yaml_data = data
+    token = _yaml_file.set(Path(path) if data else None)
     try:
         return SelfplayConfig(**overrides)
     except ValidationError as exc:
@@ -259,4 +222,4 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> SelfplayCon
     except (ValueError, TypeError) as exc:  # e.g. malformed JSON in a nested env variable
         raise ConfigError(f"{source}: {exc}") from None
     finally:
-        SelfplayConfig._yaml_data = {}
+        _yaml_file.reset(token)

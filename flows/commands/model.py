@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from pipeline.cli_parsing import split_names
+from flows.cli_parsing import split_names
 from pipeline.errors import ConfigError, DataFileError
 
 
@@ -42,7 +42,7 @@ def train(
         if not frames:
             raise DataFileError(f"no frames in {', '.join(map(str, data))}")
     else:
-        from pipeline.cli import connect_store
+        from flows.cli import connect_store
         from pipeline.export import iter_labelled
 
         connect_store()  # the configured MongoDB; a plain error when none is configured

@@ -1,0 +1,1 @@
+"""The command-line commands, one module per area; :mod:`flows.cli` registers them."""
