@@ -147,7 +147,7 @@ def fill(db, generations: int, n_elements: int, per_generation: int, seed: int =
                                  "per_element": {e: {"force_mae": float(rng.uniform(0.02, 0.2)), "n_atoms": 20} for e in symbols}},
                     "calibration": [{"sigma_f": float(s), "force_error_max": float(s * rng.lognormal(0, 0.5)),
                                      "selected_as": "candidate"} for s in rng.uniform(0.03, 0.6, 100)],
-                    "sigma_f_sample": [float(x) for x in rng.uniform(0, 1, 1000)],  # as pipeline.generation
+                    "sigma_f_sample": [float(x) for x in rng.uniform(0, 1, 1000)],  # as flows.stages
                     "sigma_f_quantiles": {"q50": 0.08, "q90": 0.3},
                 },
                 "prefect_flow_run_id": str(uuid.uuid4()),

@@ -60,7 +60,7 @@ def main() -> None:
     for _ in range(args.generations):
         started = time.perf_counter()
         if args.no_prefect:
-            from pipeline.generation import run_generation
+            from flows.stages import run_generation
 
             number = run_generation(config).number
         else:

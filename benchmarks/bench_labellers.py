@@ -119,7 +119,7 @@ def labeller_rows(args) -> list[dict]:
 
 def generation_rows(generations: int) -> list[dict]:
     from flows.config import load_config
-    from pipeline.generation import run_generation
+    from flows.stages import run_generation
     from pipeline.store import connect
 
     workdir = Path(tempfile.mkdtemp(prefix="selfplay-bench-xtb-"))

@@ -25,9 +25,30 @@ from flows import stages
 from flows.config import SelfplayConfig, load_config
 from flows.stage_state import fail_generation, finish_generation
 from pipeline.documents import Generation
+from pipeline.errors import SelfplayError
 from pipeline.ledger import COLUMNS
 
 log = logging.getLogger(__name__)
+
+
+class _ExpectedFailure(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback. For a SelfplayError (a bad
+    input, an unreachable store, too few labels) the traceback says nothing the one-line
+    message does not; the record keeps the message and loses the traceback, on the console
+    and in the Prefect UI alike. Other exceptions (bugs) keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SelfplayError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_failures() -> None:
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ExpectedFailure) for f in logger.filters):
+            logger.addFilter(_ExpectedFailure())
 
 
 def task_runner(config: SelfplayConfig):
@@ -157,6 +178,7 @@ def generation(
     """
     from pipeline.store import connect_from_config, current
 
+    quiet_expected_failures()
     config = load_config(config_file, **(overrides or {}))
     info = current()
     if info is None or not info.embedded or require_persistent_store:

@@ -3,7 +3,7 @@
 plotly.js is inlined once (about 4.6 MB) and every figure is drawn from data embedded in
 the page, so the file opens in any browser without a network and can be archived or
 mailed as it is. The flow writes one after each generation
-(:func:`pipeline.generation.write_outputs` calls :func:`write_report`).
+(:func:`flows.stages.write_outputs` calls :func:`write_report`).
 
 The headline, the per-element numbers (an HTML periodic table, :mod:`.firstview`) and
 the tables are plain HTML, painted at once; plotly.js is kept as inert text at the end
@@ -125,6 +125,7 @@ def render_report(snapshot: Snapshot, env: Optional[Mapping[str, str]] = None, t
         "element-error": F.element_error_figure(snapshot, which="model"),
         "element-error-sentinel": F.element_error_figure(snapshot, which="sentinel"),
         "calibration": F.calibration_figure(snapshot),
+        "probe-errors": F.probe_error_figure(snapshot),
         "dft-throughput": F.dft_throughput_figure(snapshot),
         "wall-time": F.wall_time_figure(snapshot),
         "dft-health": F.dft_health_figure(snapshot),
@@ -148,6 +149,8 @@ static copy: hover for numbers, click legend entries to show or hide series; <co
 <section><h2>Dataset growth</h2>{row("growth", "samplers")}{row("element-growth")}{row("element-heatmap")}</section>
 <section><h2>Selection</h2>{row("selection")}</section>
 <section><h2>Model quality</h2>{row("model-quality", "calibration")}{row("element-error")}{row("element-error-sentinel")}</section>
+<section id="probe-sets"><h2>{html.escape(F.PROBE_TITLE)}</h2>{row("probe-errors")}
+<p class="note">{html.escape(F.PROBE_NOTE)}</p></section>
 <section><h2>DFT cost and health</h2>{row("dft-throughput", "wall-time")}{row("dft-health", "failures")}
 <h3 style="font-size:15px">Most frequent failure reasons</h3>{_reasons_table(F.top_failure_reasons(snapshot))}</section>
 <section><h2>Latest generations</h2>{_generations_table(F.generation_rows(snapshot, limit=50, env=env))}</section>

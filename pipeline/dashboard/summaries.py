@@ -3,7 +3,7 @@
 A finished generation's labels, failures and frames do not change, so its rows of every
 dashboard table (:data:`~pipeline.dashboard.queries.TABLE_NAMES`: counts per element,
 per sampler, DFT time, failure reasons...) are aggregated once, when the generation's
-report stage runs (:func:`pipeline.generation.report_stage` calls
+report stage runs (:func:`flows.stages.report_stage` calls
 :func:`write_generation_summary`), and kept in the ``dashboard_summaries`` collection,
 one small document per generation (``_id`` = generation number, so no index is needed).
 The dashboard then reads ~100 documents for 100 completed generations instead of

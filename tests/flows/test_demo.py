@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import h5py
 import pytest
@@ -33,6 +34,14 @@ def busy_cpus():
 
 
 @pytest.mark.timeout(1800)  # minutes of PySCF at a fraction of the CPUs
+def selfplay_script() -> str:
+    """The console script ``pip install -e .`` put beside this interpreter."""
+    script = Path(sys.executable).with_name("selfplay")
+    if not script.exists():
+        pytest.fail(f"{script} is missing: install the project (pip install -e '.[dev]')")
+    return str(script)
+
+
 def test_demo_runs_a_real_generation_on_a_fresh_setup_of_a_busy_machine(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFPLAY_", "PREFECT_"))}
     # Half the demo's DFT (the configuration's own override by environment): the busy
@@ -41,7 +50,9 @@ def test_demo_runs_a_real_generation_on_a_fresh_setup_of_a_busy_machine(tmp_path
     workdir = tmp_path / "demo"  # does not exist yet, like on a fresh machine
     with busy_cpus():
         result = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "demo", "--generations", "1", "--workdir", str(workdir)],
+            # The README's command: the installed `selfplay` script (one generation, not two,
+            # to keep the suite short; tests/test_readme_commands.py checks the rest of it).
+            [selfplay_script(), "demo", "--generations", "1", "--workdir", str(workdir)],
             cwd=tmp_path,
             env=env,
             capture_output=True,

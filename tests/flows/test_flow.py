@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.prefect_server, pytest.mark.slow]
 
 def labels_through(runner: str, tmp_path, database: str) -> dict:
     from flows.generation import fan_out_flow, task_runner
-    from pipeline.generation import run_generation
+    from flows.stages import run_generation
     from pipeline.store import connect
 
     connect(None, database=database)
@@ -53,3 +53,24 @@ def test_flow_refuses_the_embedded_store_when_data_must_persist(prefect_api, tmp
 
     with pytest.raises(StoreError, match="no MongoDB configured"):
         generation(config_file=str(TINY), overrides={"workdir": str(tmp_path)})
+
+
+def test_a_failed_generation_is_one_line_in_prefects_log_not_a_traceback(prefect_api, embedded_store, tmp_path, capfd):
+    from flows import stages
+    from flows.generation import generation
+
+    def too_few_labels(ctx):
+        raise stages.GenerationFailed("generation 0: only 0 of 4 frames labelled")
+
+    stages.register_stage(stages.Stage("fails", too_few_labels), after="train")
+    try:
+        with pytest.raises(stages.GenerationFailed):
+            generation(config_file=str(TINY), overrides={"workdir": str(tmp_path)}, require_persistent_store=False)
+    finally:
+        stages.unregister_stage("fails")
+    logged = capfd.readouterr()
+    assert "only 0 of 4 frames labelled" in logged.err + logged.out
+    assert "Traceback" not in logged.err + logged.out
+    record = Generation.objects.get(number=0)
+    assert record.status == "failed" and record.stages["fails"]["status"] == "failed"
+    assert record.stages["explore"]["status"] == "pending"  # nothing after the failure ran

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.documents import Frame, Generation, Label, ModelVersion
-from pipeline.generation import run_generation
+from flows.stages import run_generation
 
 from .helpers import tiny_config_file
 
