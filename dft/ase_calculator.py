@@ -47,7 +47,7 @@ import numpy as np
 from ase import Atoms
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dft.results import DFTFailure, DFTResult, theory_info
+from dft.results import DFTFailure, DFTResult, FrameReport, classify_exception, describe_exception, finite_label
 from dft.settings import Dispersion, spec_key
 from pipeline.atoms import check_atoms
 from pipeline.errors import ConfigError
@@ -155,7 +155,7 @@ def _vasp_setup_problem(calc) -> Optional[str]:
         try:
             calc.make_command(calc.command)
         except Exception as exc:  # ASE's CalculatorSetupError names the variables
-            return f"VASP has no command: {_describe(exc)}"
+            return f"VASP has no command: {describe_exception(exc)}"
         if "VASP_PP_PATH" not in cfg:
             return "VASP needs VASP_PP_PATH: the folder holding potpaw_PBE/ (POTCAR files)"
     return None
@@ -206,7 +206,7 @@ def calculator_class(path: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raises on import
-        raise ConfigError(f"calculator {path!r}: module {module_name} does not import: {_describe(exc)}") from None
+        raise ConfigError(f"calculator {path!r}: module {module_name} does not import: {describe_exception(exc)}") from None
     target: Any = module
     for part in class_name.split("."):
         target = getattr(target, part, None)
@@ -413,7 +413,7 @@ class ASESettings(BaseModel):
                 calc = self._build(cls, Path(scratch) if takes_directory(cls) else None)
             except Exception as exc:
                 raise ConfigError(
-                    f"calculator {self.calculator} cannot be built with its kwargs: {_describe(exc)}"
+                    f"calculator {self.calculator} cannot be built with its kwargs: {describe_exception(exc)}"
                 ) from None
             try:
                 check = next((SETUP_CHECKS[k.__name__] for k in cls.__mro__ if k.__name__ in SETUP_CHECKS), None)
@@ -481,100 +481,140 @@ def compute_ase(
     workdir: Optional[Path] = None,
 ) -> DFTResult | DFTFailure:
     """Label one frame with the settings' calculator in this process; see the module docstring."""
-    from ase.calculators.calculator import PropertyNotImplementedError
 
-    from dft.compute import classify_exception
-    from pipeline.jsonable import jsonable
-
-    start = time.perf_counter()
-    theory_key = settings.theory_key()
-    info: dict[str, Any] = {
-        **theory_info(settings),
-        "backend": "ase",
-        "calculator": settings.calculator,
-        "natoms": len(atoms),
-        "periodic": plan.periodic,
-        "pbc": list(plan.pbc),
-    }
-    charge = settings.kwargs.get("charge")
-    if isinstance(charge, (int, float)) and not isinstance(charge, bool):
-        info["charge"] = charge  # what the D4 dispersion model takes
-    attempts: list[dict[str, Any]] = []
-    directory: Optional[Path] = None
-
-    def finish_directory(ok: bool) -> None:
-        if directory is None:
-            return
-        if settings.keep_directories == "always" or (settings.keep_directories == "failures" and not ok):
-            info["directory"] = str(directory)
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
-
-    def fail(kind: str, reason: str) -> DFTFailure:
-        finish_directory(ok=False)
-        info["wall_time_s"] = time.perf_counter() - start
-        return DFTFailure(
-            reason=reason, kind=kind, theory_key=theory_key, attempts=jsonable(attempts), info=jsonable(info)
-        )
-
+    report = _ASEFrameReport(atoms, settings, plan, on_attempt)
     try:
-        cls = calculator_class(settings.calculator)
-        info["calculator_class"] = f"{cls.__module__}.{cls.__qualname__}"
-        info["versions"] = code_versions(cls)
-        if takes_directory(cls):
-            if workdir is None:
-                # mkdtemp, not TemporaryDirectory: a kept failure must outlive this call.
-                directory = Path(tempfile.mkdtemp(prefix="selfplay-ase-"))
-            else:
-                directory = Path(workdir).resolve()
-                # What a killed run of this frame left (a half-written VASP WAVECAR that
-                # the next run would read) must not reach this one.
-                _empty(directory)
-        calc = settings._build(cls, directory)
+        cls, calc = _build_calculator(settings, report, workdir)
     except Exception as exc:
         log.debug("%s: constructing the calculator failed\n%s", name, traceback.format_exc())
-        return fail(classify_exception(exc), f"constructing {settings.calculator} failed: {_describe(exc)}")
+        return report.fail(classify_exception(exc), f"constructing {settings.calculator} failed: {describe_exception(exc)}")
+    calculated = _calculate(atoms, plan, settings, cls, calc, report, name)
+    if isinstance(calculated, DFTFailure):
+        return calculated
+    return _ase_label(calculated, cls, report)
+
+
+class _ASEFrameReport(FrameReport):
+    """A frame's report and its working directory, which the frame's end keeps or removes."""
+
+    def __init__(self, atoms: Atoms, settings: ASESettings, plan: ASEPlan, on_attempt):
+        super().__init__(settings, on_attempt)
+        self.keep_directories = settings.keep_directories
+        self.directory: Optional[Path] = None
+        self.info.update(
+            {
+                "backend": "ase",
+                "calculator": settings.calculator,
+                "natoms": len(atoms),
+                "periodic": plan.periodic,
+                "pbc": list(plan.pbc),
+            }
+        )
+        charge = settings.kwargs.get("charge")
+        if isinstance(charge, (int, float)) and not isinstance(charge, bool):
+            self.info["charge"] = charge  # what the D4 dispersion model takes
+
+    def _finish_directory(self, ok: bool) -> None:
+        if self.directory is None:
+            return
+        if self.keep_directories == "always" or (self.keep_directories == "failures" and not ok):
+            self.info["directory"] = str(self.directory)
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def fail(self, kind: str, reason: str) -> DFTFailure:
+        self._finish_directory(ok=False)
+        return super().fail(kind, reason)
+
+    def result(self, energy: float, forces: np.ndarray, stress: Optional[np.ndarray]) -> DFTResult:
+        self._finish_directory(ok=True)
+        return super().result(energy, forces, stress)
+
+
+@dataclass
+class _Calculated:
+    """What the calculator returned for a frame."""
+
+    plain_energy: float  # ASE's "energy": without the smearing entropy term
+    forces: np.ndarray
+    stress: Optional[np.ndarray]
+    results: dict[str, Any]  # the calculator's whole results dict (free energy, moments...)
+
+
+def _build_calculator(settings: ASESettings, report: _ASEFrameReport, workdir: Optional[Path]):
+    """``(class, fresh instance)``; one that writes files gets the frame's emptied directory."""
+    cls = calculator_class(settings.calculator)
+    report.info["calculator_class"] = f"{cls.__module__}.{cls.__qualname__}"
+    report.info["versions"] = code_versions(cls)
+    if takes_directory(cls):
+        if workdir is None:
+            # mkdtemp, not TemporaryDirectory: a kept failure must outlive this call.
+            report.directory = Path(tempfile.mkdtemp(prefix="selfplay-ase-"))
+        else:
+            report.directory = Path(workdir).resolve()
+            # What a killed run of this frame left (a half-written VASP WAVECAR that
+            # the next run would read) must not reach this one.
+            _empty(report.directory)
+    return cls, settings._build(cls, report.directory)
+
+
+def _calculate(
+    atoms: Atoms, plan: ASEPlan, settings: ASESettings, cls: type, calc, report: _ASEFrameReport, name: str
+) -> _Calculated | DFTFailure:
+    """The frame's one attempt, recorded; the calculator is closed after it. A failure
+    where the calculator raised or says it did not converge."""
 
     record: dict[str, Any] = {"rung": "calculate", "calculator": cls.__name__}
     t0 = time.perf_counter()
     want_stress = plan.periodic and "stress" in (getattr(calc, "implemented_properties", None) or ("stress",))
     try:
-        frame = atoms.copy()
-        frame.calc = calc
-        with _omp_threads(settings.threads):
-            plain_energy = calc.get_property("energy", frame)
-            forces = np.array(calc.get_property("forces", frame), dtype=float).reshape(len(atoms), 3)
-            stress = None
-            if want_stress:
-                try:
-                    stress = _voigt(calc.get_property("stress", frame))
-                except PropertyNotImplementedError as exc:
-                    info["stress_note"] = f"stress not available: {_describe(exc)}"
-            elif plan.periodic:
-                info["stress_note"] = f"{cls.__name__} does not compute stress"
-        results = dict(getattr(calc, "results", {}) or {})
-        problem = convergence_problem(calc, directory)
+        calculated = _properties(atoms, plan, cls, calc, want_stress, settings.threads, report.info)
+        problem = convergence_problem(calc, report.directory)
         version = getattr(calc, "version", None)
         if isinstance(version, str):
-            info["versions"]["code"] = version
+            report.info["versions"]["code"] = version
     except Exception as exc:
-        record.update(converged=False, error=_describe(exc), time_s=time.perf_counter() - t0)
-        attempts.append(record)
-        if on_attempt:
-            on_attempt(jsonable(record))
+        record.update(converged=False, error=describe_exception(exc), time_s=time.perf_counter() - t0)
+        report.record(record)
         log.debug("%s: %s raised\n%s", name, cls.__name__, traceback.format_exc())
         _close(calc)
-        return fail(classify_exception(exc), f"{cls.__name__} raised {_describe(exc)}")
+        return report.fail(classify_exception(exc), f"{cls.__name__} raised {describe_exception(exc)}")
     _close(calc)
     record.update(converged=problem is None, error=None, time_s=time.perf_counter() - t0)
-    attempts.append(record)
-    if on_attempt:
-        on_attempt(jsonable(record))
-    info["attempts"] = attempts
-    info["calculate_time_s"] = record["time_s"]
+    report.record(record)
+    report.info["attempts"] = report.attempts
+    report.info["calculate_time_s"] = record["time_s"]
     if problem is not None:
-        return fail("unconverged", f"not converged: {problem}")
+        return report.fail("unconverged", f"not converged: {problem}")
+    return calculated
 
+
+def _properties(
+    atoms: Atoms, plan: ASEPlan, cls: type, calc, want_stress: bool, threads: Optional[int], info: dict[str, Any]
+) -> _Calculated:
+    """Energy, forces and (where wanted and given) stress of a copy of ``atoms``; why no stress, in ``info``."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    frame = atoms.copy()
+    frame.calc = calc
+    with _omp_threads(threads):
+        plain_energy = calc.get_property("energy", frame)
+        forces = np.array(calc.get_property("forces", frame), dtype=float).reshape(len(atoms), 3)
+        stress = None
+        if want_stress:
+            try:
+                stress = _voigt(calc.get_property("stress", frame))
+            except PropertyNotImplementedError as exc:
+                info["stress_note"] = f"stress not available: {describe_exception(exc)}"
+        elif plan.periodic:
+            info["stress_note"] = f"{cls.__name__} does not compute stress"
+    results = dict(getattr(calc, "results", {}) or {})
+    return _Calculated(plain_energy=plain_energy, forces=forces, stress=stress, results=results)
+
+
+def _ase_label(calculated: _Calculated, cls: type, report: _ASEFrameReport) -> DFTResult | DFTFailure:
+    """The label of a converged calculation, with the extras the calculator gave."""
+    info, results, plain_energy = report.info, calculated.results, calculated.plain_energy
     # The label is the energy the forces are the derivative of: the free energy E - TS
     # where the code smears (VASP's TOTEN), else the energy.
     free_energy = results.get("free_energy")
@@ -585,11 +625,9 @@ def compute_ase(
     for extra in ("magmom", "magmoms", "dipole", "charges"):
         if results.get(extra) is not None:
             info[extra] = results[extra]
-    if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and (stress is None or np.all(np.isfinite(stress)))):
-        return fail("error", f"{cls.__name__} returned a non-finite energy, forces or stress")
-    finish_directory(ok=True)
-    info["wall_time_s"] = time.perf_counter() - start
-    return DFTResult(energy=energy, forces=forces, stress=stress, theory_key=theory_key, info=jsonable(info))
+    if not finite_label(energy, calculated.forces, calculated.stress):
+        return report.fail("error", f"{cls.__name__} returned a non-finite energy, forces or stress")
+    return report.result(energy, calculated.forces, calculated.stress)
 
 
 def _empty(directory: Path) -> None:
@@ -652,8 +690,3 @@ def _close(calc) -> None:
             close()
         except Exception:
             log.debug("closing %s failed\n%s", type(calc).__name__, traceback.format_exc())
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

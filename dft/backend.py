@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from dft.settings import DFTSettings
-from dft.validate import FramePlan, _has_ecp
+from dft.validate import FramePlan, has_ecp
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def build_molecule(atoms: Atoms, settings: DFTSettings, plan: FramePlan, spin: O
     if ecp is not None:
         # A dict naming only the elements that have a core potential: a bare ECP name
         # makes PySCF print a complaint for every light element.
-        covered = {s: ecp for s in plan.elements if _has_ecp(ecp, s)}
+        covered = {s: ecp for s in plan.elements if has_ecp(ecp, s)}
         mol.ecp = covered or {}
     mol.charge = plan.state.charge
     mol.spin = plan.state.spin if spin is None else spin

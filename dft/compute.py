@@ -18,7 +18,7 @@ from ase import Atoms
 from ase.units import Bohr, Hartree
 
 from dft import backend, spin
-from dft.results import DFTFailure, DFTResult, theory_info
+from dft.results import DFTFailure, DFTResult, FrameReport, classify_exception, describe_exception, finite_label
 from dft.settings import DFTSettings
 from dft.validate import FramePlan, plan_frame
 from pipeline.jsonable import jsonable
@@ -36,22 +36,6 @@ LEVEL_SHIFT = 0.25
 #: Initial guess of the "guess" rung: superposition of spherically averaged atomic
 #: densities, computed on the CPU for both devices.
 ALTERNATIVE_GUESS = "atom"
-
-
-def classify_exception(exc: BaseException) -> str:
-    """Failure kind of an exception raised inside an SCF or gradient."""
-    name = type(exc).__name__
-    module = type(exc).__module__ or ""
-    if isinstance(exc, MemoryError) or "OutOfMemory" in name:
-        return "out_of_memory"
-    if module.startswith(("cupy", "cupy_backends", "cuda")) or "CUDA" in name or "CUBLAS" in str(exc)[:200]:
-        return "gpu_error"
-    return "error"
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 class _CycleCounter:
@@ -174,40 +158,24 @@ def compute_frame(
         lib.num_threads(previous)
 
 
-class _Frame:
+class _Frame(FrameReport):
     """One frame's SCF work: what the ladder, the state search and the gradient share."""
 
     def __init__(self, atoms: Atoms, settings: DFTSettings, plan: FramePlan, name: str,
                  on_attempt: Optional[AttemptCallback]):
+        super().__init__(settings, on_attempt)
         self.atoms, self.settings, self.plan, self.name = atoms, settings, plan, name
-        self.on_attempt = on_attempt
-        self.start = time.perf_counter()
-        self.theory_key = settings.theory_key()
         self.device, device_note = backend.resolve_device(settings.device)
-        self.attempts: list[dict[str, Any]] = []
-        self.info: dict[str, Any] = {
-            **theory_info(settings),
+        self.info.update({
             "device": self.device,
             "natoms": len(atoms),
             "periodic": plan.periodic,
             **{k: v for k, v in plan.state.as_dict().items() if k not in ("policy", "source", "search")},
             "spin_policy": plan.state.policy,
             "spin_source": plan.state.source,
-        }
+        })
         if device_note:
             self.info["device_note"] = device_note
-
-    def fail(self, kind: str, reason: str) -> DFTFailure:
-        self.info["wall_time_s"] = time.perf_counter() - self.start
-        return DFTFailure(
-            reason=reason, kind=kind, theory_key=self.theory_key, attempts=jsonable(self.attempts),
-            info=jsonable(self.info),
-        )
-
-    def record(self, attempt: dict[str, Any]) -> None:
-        self.attempts.append(attempt)
-        if self.on_attempt:
-            self.on_attempt(jsonable(attempt))
 
     def set_up(self) -> None:
         self.info["versions"] = backend.code_versions(self.device)
@@ -253,12 +221,12 @@ class _Frame:
                     best_energy, best_dm = energy, mf.make_rdm1()
             except Exception as exc:
                 kind = classify_exception(exc)
-                attempt.update(converged=False, cycles=None, energy_ev=None, error=_describe(exc))
+                attempt.update(converged=False, cycles=None, energy_ev=None, error=describe_exception(exc))
                 log.debug("%s: rung %s raised\n%s", self.name, rung, traceback.format_exc())
                 if kind != "error":  # out of memory or a CUDA error: the next rung would repeat it
                     attempt["time_s"] = time.perf_counter() - t0
                     self.record(attempt)
-                    return None, self.fail(kind, f"{rung} SCF: {_describe(exc)}")
+                    return None, self.fail(kind, f"{rung} SCF: {describe_exception(exc)}")
             attempt["time_s"] = time.perf_counter() - t0
             self.record(attempt)
             if converged_mf is not None:
@@ -288,7 +256,7 @@ def _compute_frame(
         frame.set_up()
     except Exception as exc:
         log.debug("%s: setting up the SCF failed\n%s", name, traceback.format_exc())
-        return frame.fail(classify_exception(exc), f"setting up the SCF failed: {_describe(exc)}")
+        return frame.fail(classify_exception(exc), f"setting up the SCF failed: {describe_exception(exc)}")
 
     rungs = ladder_rungs(settings)
     if not plan.state.search:
@@ -316,7 +284,7 @@ def _compute_frame(
         log.debug("%s: state search raised\n%s", name, traceback.format_exc())
         kind = classify_exception(exc)
         if kind != "error":
-            return frame.fail(kind, f"state search: {_describe(exc)}")
+            return frame.fail(kind, f"state search: {describe_exception(exc)}")
         winner, state = (reference, None) if reference is not None else (None, None)
     if winner is None and "smearing" in rungs:
         smeared_mf, fatal = frame.ladder(["smearing"])
@@ -420,7 +388,7 @@ class PySCFSolver:
             solution = spin.Solution(mf=mf, energy=float(energy), candidate=candidate)
         except Exception as exc:
             kind = classify_exception(exc)
-            candidate.error = _describe(exc)
+            candidate.error = describe_exception(exc)
             log.debug("%s: state %s raised\n%s", frame.name, name, traceback.format_exc())
             if kind != "error":
                 raise
@@ -542,14 +510,14 @@ def _finish(frame: "_Frame", converged_mf, *, state: Optional[dict], rung: str,
                     [sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]], dtype=float
                 )
             except (NotImplementedError, AssertionError, AttributeError) as exc:
-                info["stress_note"] = f"stress not available: {_describe(exc)}"
+                info["stress_note"] = f"stress not available: {describe_exception(exc)}"
     except Exception as exc:
         log.debug("%s: gradient failed\n%s", frame.name, traceback.format_exc())
-        return frame.fail(classify_exception(exc), f"forces failed after a converged SCF: {_describe(exc)}")
+        return frame.fail(classify_exception(exc), f"forces failed after a converged SCF: {describe_exception(exc)}")
     info["gradient_time_s"] = time.perf_counter() - t_grad
 
     forces = -gradient * Hartree / Bohr
-    if not (np.all(np.isfinite(forces)) and np.isfinite(energy_ha) and (stress is None or np.all(np.isfinite(stress)))):
+    if not finite_label(energy_ha, forces, stress):
         return frame.fail("error", "non-finite energy, forces or stress after a converged SCF")
 
     restricted = _is_restricted(final, plan.periodic)
@@ -562,7 +530,7 @@ def _finish(frame: "_Frame", converged_mf, *, state: Optional[dict], rung: str,
         gap = backend.orbital_gap(final)
         info["homo_lumo_gap_ev"] = gap * Hartree if gap is not None else None
     except Exception as exc:  # extras must never cost a label
-        info["analysis_note"] = f"population analysis failed: {_describe(exc)}"
+        info["analysis_note"] = f"population analysis failed: {describe_exception(exc)}"
     if state is None:
         state = _fixed_state(frame, final, restricted, free)
     info["electronic_state"] = state

@@ -45,7 +45,7 @@ from dft.ase_calculator import ASESettings
 from dft.results import DFTFailure, DFTResult
 from dft.settings import DFTSettings
 from dft.xtb import XTBSettings
-from pipeline.errors import ConfigError, first_validation_problem
+from pipeline.errors import ConfigError, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ def labeller_settings(data: Any = None, source: str = "dft") -> Any:
     try:
         return SETTINGS_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        field, message = first_validation_problem(exc)
-        where = f"{source}.{field}" if field else source
-        raise ConfigError(f"{where}: {message}") from None
+        raise ConfigError(validation_message(exc, source, dotted=True)) from None
 
 
 def check_settings(settings: Any) -> None:
@@ -130,11 +128,11 @@ def label_in_process(
 
         return add_dispersion(atoms, outcome, settings)
     except Exception as exc:  # a valid frame yields a result or a recorded failure
-        from dft.compute import _describe, classify_exception
+        from dft.results import classify_exception, describe_exception
 
         log.debug("%s: dispersion failed\n%s", name, traceback.format_exc())
         return DFTFailure(
-            reason=f"{settings.dispersion} dispersion correction failed: {_describe(exc)}",
+            reason=f"{settings.dispersion} dispersion correction failed: {describe_exception(exc)}",
             kind=classify_exception(exc),
             theory_key=settings.theory_key(),
             attempts=list(outcome.info.get("attempts") or []),

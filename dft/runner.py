@@ -67,10 +67,10 @@ def _child_main(conn: Connection, atoms: Atoms, settings, plan, name: str, workd
         conn.send(("result", outcome))
         return True
     except BaseException as exc:  # noqa: BLE001 - anything here must reach the parent as a failure
-        from dft.compute import _describe, classify_exception
+        from dft.results import classify_exception, describe_exception
 
         try:
-            conn.send(("crash", (classify_exception(exc), _describe(exc))))
+            conn.send(("crash", (classify_exception(exc), describe_exception(exc))))
         except Exception:
             pass
         return False

@@ -111,9 +111,9 @@ def check_molecular_support(elements: tuple[str, ...], settings: DFTSettings, na
                     f"{name}: basis {settings.basis} for {symbol} (Z={z}) is made for the def2 ECP, "
                     f"but ecp={settings.ecp!r}; use ecp='auto'"
                 )
-            if not _has_ecp(ecp, symbol):
+            if not has_ecp(ecp, symbol):
                 raise InvalidStructure(f"{name}: ECP {ecp} has no core potential for {symbol} (Z={z})")
-    if ecp is not None and settings.ecp.lower() != "auto" and not any(_has_ecp(ecp, s) for s in elements):
+    if ecp is not None and settings.ecp.lower() != "auto" and not any(has_ecp(ecp, s) for s in elements):
         log.debug("%s: ECP %s covers none of %s; all-electron", name, ecp, elements)
 
 
@@ -147,7 +147,7 @@ def _has_basis(basis: str, symbol: str) -> bool:
 
 
 @lru_cache(maxsize=2048)
-def _has_ecp(ecp: str, symbol: str) -> bool:
+def has_ecp(ecp: str, symbol: str) -> bool:
     from pyscf.gto import basis as gto_basis
 
     with warnings.catch_warnings():

@@ -24,8 +24,10 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
+from ase.units import Bohr, Hartree, kB
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dft.results import FrameReport, classify_exception, describe_exception, finite_label
 from dft.settings import Dispersion, spec_key
 from pipeline.errors import ConfigError, InvalidStructure
 
@@ -301,97 +303,112 @@ def _compute_xtb(
     on_attempt: Optional[AttemptCallback],
     name: str,
 ):
-    from ase.units import Bohr, Hartree, kB
 
-    from dft.compute import _describe, classify_exception
-    from dft.results import DFTFailure, DFTResult, theory_info
-    from pipeline.jsonable import jsonable
-
-    start = time.perf_counter()
+    report = FrameReport(settings, on_attempt)  # opened first: the wall time includes the planning
     if plan is None:
         plan = plan_xtb_frame(atoms, settings, name)
-    theory_key = settings.theory_key()
-    info: dict[str, Any] = {
-        **theory_info(settings),
-        "code": "tblite",
-        "method": settings.method,
-        "accuracy": settings.accuracy,
-        "device": "cpu",
-        "natoms": len(atoms),
-        "periodic": plan.periodic,
-        "charge": plan.charge,
-        "uhf": plan.uhf,
-        "spin": plan.uhf,
-        "multiplicity": plan.uhf + 1,
-        "spin_policy": plan.spin_policy,
-        "spin_source": plan.spin_source,
-    }
-    attempts: list[dict[str, Any]] = []
-
-    def fail(kind: str, reason: str) -> DFTFailure:
-        info["wall_time_s"] = time.perf_counter() - start
-        return DFTFailure(
-            reason=reason, kind=kind, theory_key=theory_key, attempts=jsonable(attempts), info=jsonable(info)
-        )
-
+    report.info.update(
+        {
+            "code": "tblite",
+            "method": settings.method,
+            "accuracy": settings.accuracy,
+            "device": "cpu",
+            "natoms": len(atoms),
+            "periodic": plan.periodic,
+            "charge": plan.charge,
+            "uhf": plan.uhf,
+            "spin": plan.uhf,
+            "multiplicity": plan.uhf + 1,
+            "spin_policy": plan.spin_policy,
+            "spin_source": plan.spin_source,
+        }
+    )
     try:
-        from tblite.interface import Calculator
-
-        info["versions"] = _versions()
-        calculator = Calculator(
-            settings.method,
-            np.asarray(atoms.numbers),
-            np.asarray(atoms.positions) / Bohr,
-            float(plan.charge),
-            int(plan.uhf),
-            atoms.cell.array / Bohr if plan.periodic else None,
-            np.array([True, True, True]) if plan.periodic else None,
-            color=False,
-            logger=log.debug,  # tblite's own printout, off at verbosity 0 anyway
-        )
-        calculator.set("verbosity", 0)
-        calculator.set("accuracy", settings.accuracy)
-        with contextlib.suppress(Exception):
-            info["threads"] = ctypes.CDLL("libgomp.so.1").omp_get_max_threads()
+        calculator = _xtb_calculator(atoms, settings, plan, report.info)
     except Exception as exc:
         log.debug("%s: setting up the xTB calculator failed\n%s", name, traceback.format_exc())
-        return fail(classify_exception(exc), f"setting up the xTB calculator failed: {_describe(exc)}")
+        return report.fail(classify_exception(exc), f"setting up the xTB calculator failed: {describe_exception(exc)}")
 
-    converged = None
+    converged = _scf_ladder(calculator, settings, report, name)
+    report.info["scf_time_s"] = report.elapsed()
+    if converged is None:
+        return _no_convergence(report)
+    return _xtb_label(atoms, plan, report, *converged)
+
+
+def _xtb_calculator(atoms: Atoms, settings: XTBSettings, plan: XTBPlan, info: dict[str, Any]):
+    """tblite's Calculator for the frame; records the versions and threads in ``info``."""
+    from tblite.interface import Calculator
+
+    info["versions"] = _versions()
+    calculator = Calculator(
+        settings.method,
+        np.asarray(atoms.numbers),
+        np.asarray(atoms.positions) / Bohr,
+        float(plan.charge),
+        int(plan.uhf),
+        atoms.cell.array / Bohr if plan.periodic else None,
+        np.array([True, True, True]) if plan.periodic else None,
+        color=False,
+        logger=log.debug,  # tblite's own printout, off at verbosity 0 anyway
+    )
+    calculator.set("verbosity", 0)
+    calculator.set("accuracy", settings.accuracy)
+    with contextlib.suppress(Exception):
+        info["threads"] = ctypes.CDLL("libgomp.so.1").omp_get_max_threads()
+    return calculator
+
+
+def _scf_ladder(calculator, settings: XTBSettings, report: FrameReport, name: str):
+    """The rungs in order until one converges: ``(tblite's result, the rung's parameters)`` or None."""
     for rung in ladder_rungs(settings):
         parameters = rung_parameters(rung, settings)
-        record: dict[str, Any] = dict(parameters)
-        t0 = time.perf_counter()
-        try:
-            calculator.set("temperature", parameters["electronic_temperature_k"] * kB / Hartree)
-            calculator.set("mixer-damping", parameters["mixer_damping"])
-            calculator.set("max-iter", parameters["max_iter"])
-            calculator.set("mixer-memory", parameters["mixer_memory"])
-            calculator.set("guess", GUESS_CODES[parameters["guess"]])
-            result = calculator.singlepoint()
-            energy = float(result.get("energy"))
-            ok = bool(np.isfinite(energy))
-            record.update(converged=ok, energy_ev=energy * Hartree if ok else None, error=None)
-            if ok:
-                converged = (result, parameters)
-        except Exception as exc:  # tblite raises TBLiteRuntimeError("SCF not converged in N cycles")
-            record.update(converged=False, energy_ev=None, error=_describe(exc))
-            log.debug("%s: xTB rung %s: %s", name, rung, _describe(exc))
-        record["time_s"] = time.perf_counter() - t0
-        attempts.append(record)
-        if on_attempt:
-            on_attempt(jsonable(record))
-        if converged is not None:
-            break
-    info["scf_time_s"] = time.perf_counter() - start
-    if converged is None:
-        tried = ", ".join(a["rung"] for a in attempts)
-        errors = [a["error"] for a in attempts if a.get("error")]
-        if errors and not any("not converged" in e for e in errors):
-            return fail("error", f"every xTB SCF attempt raised ({tried}); last: {errors[-1]}")
-        return fail("unconverged", f"xTB SCF did not converge after {len(attempts)} attempts ({tried})")
+        record, result = _scf_attempt(calculator, parameters, name)
+        report.record(record)
+        if result is not None:
+            return result, parameters
+    return None
 
-    result, parameters = converged
+
+def _scf_attempt(calculator, parameters: dict[str, Any], name: str) -> tuple[dict[str, Any], Any]:
+    """One SCF with one rung's parameters: ``(its record, tblite's result or None if not converged)``."""
+
+    record: dict[str, Any] = dict(parameters)
+    converged = None
+    t0 = time.perf_counter()
+    try:
+        calculator.set("temperature", parameters["electronic_temperature_k"] * kB / Hartree)
+        calculator.set("mixer-damping", parameters["mixer_damping"])
+        calculator.set("max-iter", parameters["max_iter"])
+        calculator.set("mixer-memory", parameters["mixer_memory"])
+        calculator.set("guess", GUESS_CODES[parameters["guess"]])
+        result = calculator.singlepoint()
+        energy = float(result.get("energy"))
+        ok = bool(np.isfinite(energy))
+        record.update(converged=ok, energy_ev=energy * Hartree if ok else None, error=None)
+        if ok:
+            converged = result
+    except Exception as exc:  # tblite raises TBLiteRuntimeError("SCF not converged in N cycles")
+        record.update(converged=False, energy_ev=None, error=describe_exception(exc))
+        log.debug("%s: xTB rung %s: %s", name, parameters["rung"], describe_exception(exc))
+    record["time_s"] = time.perf_counter() - t0
+    return record, converged
+
+
+def _no_convergence(report: FrameReport):
+    """The failure after the last rung: "error" when every attempt raised something other
+    than tblite's non-convergence (a broken input, not a hard SCF), else "unconverged"."""
+    tried = ", ".join(a["rung"] for a in report.attempts)
+    errors = [a["error"] for a in report.attempts if a.get("error")]
+    if errors and not any("not converged" in e for e in errors):
+        return report.fail("error", f"every xTB SCF attempt raised ({tried}); last: {errors[-1]}")
+    return report.fail("unconverged", f"xTB SCF did not converge after {len(report.attempts)} attempts ({tried})")
+
+
+def _xtb_label(atoms: Atoms, plan: XTBPlan, report: FrameReport, result, parameters: dict[str, Any]):
+    """Energy, forces and stress in ASE units from a converged SCF, with charges and dipole."""
+
+    info = report.info
     try:
         energy = float(result.get("energy")) * Hartree
         forces = -np.asarray(result.get("gradient"), dtype=float).reshape(len(atoms), 3) * Hartree / Bohr
@@ -402,9 +419,9 @@ def _compute_xtb(
             sigma = 0.5 * (sigma + sigma.T)
             stress = np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]])
     except Exception as exc:
-        return fail(classify_exception(exc), f"reading the xTB result failed: {_describe(exc)}")
-    if not (np.isfinite(energy) and np.all(np.isfinite(forces)) and (stress is None or np.all(np.isfinite(stress)))):
-        return fail("error", "non-finite energy, forces or stress after a converged xTB SCF")
+        return report.fail(classify_exception(exc), f"reading the xTB result failed: {describe_exception(exc)}")
+    if not finite_label(energy, forces, stress):
+        return report.fail("error", "non-finite energy, forces or stress after a converged xTB SCF")
 
     info.update(
         converged=True,
@@ -413,13 +430,12 @@ def _compute_xtb(
         # The energy is tblite's Mermin free energy at that temperature: the quantity
         # whose negative gradient the forces are.
         energy_is_free_energy=True,
-        attempts=attempts,
+        attempts=report.attempts,
     )
     try:
         info["charges"] = np.asarray(result.get("charges"), dtype=float).tolist()
         if not plan.periodic:
             info["dipole_eA"] = (np.asarray(result.get("dipole"), dtype=float) * Bohr).tolist()
     except Exception as exc:  # extras must never cost a label
-        info["analysis_note"] = f"charges/dipole not available: {_describe(exc)}"
-    info["wall_time_s"] = time.perf_counter() - start
-    return DFTResult(energy=energy, forces=forces, stress=stress, theory_key=theory_key, info=jsonable(info))
+        info["analysis_note"] = f"charges/dipole not available: {describe_exception(exc)}"
+    return report.result(energy, forces, stress)

@@ -1,8 +1,8 @@
 """The ``selfplay`` command line.
 
-Commands live next to the science they drive (``potential/cli.py``, ``dft/cli.py``,
-``samplers/cli.py``, ``flows/cli.py``) and are registered here, imported lazily so that
-``selfplay --help`` stays fast. Every :class:`~pipeline.errors.SelfplayError` becomes one
+The root of the application: the commands are in :mod:`flows.commands` (one module per
+area: generation, model, label, explore, dashboard), registered here from one table and
+imported lazily, so that ``selfplay --help`` stays fast. Every :class:`~pipeline.errors.SelfplayError` becomes one
 line on stderr and a non-zero exit; every usage mistake (unknown option, missing or extra
 argument, bad value) the usage line, one error line and exit code 2.
 """
@@ -35,6 +35,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Inspect the store and import existing data.", no_args_is_help=True, cls=SelfplayGroup)
 app.add_typer(db_app, name="db")
+probe_app = typer.Typer(
+    help="Probe sets: fixed, labelled, held-out structures every generation's model is scored on.",
+    no_args_is_help=True,
+    cls=SelfplayGroup,
+)
+app.add_typer(probe_app, name="probe")
 
 
 class State:
@@ -112,20 +118,29 @@ def print_summary(summary: dict) -> None:
         table.add_row(element, str(row["frames"]), str(row["labels"]), str(row["failures"]))
     console.print(table)
     table = Table(title="per generation")
-    for column in ("generation", "status", "frames", "labels", "failures"):
+    for column in ("generation", "status", "stages", "frames", "labels", "failures", "error"):
         table.add_column(column, justify="right")
-    status = {g["number"]: g["status"] for g in summary["generations"]}
-    numbers = set(summary["per_generation"]) | set(status)
+    generations = {g["number"]: g for g in summary["generations"]}
+    numbers = set(summary["per_generation"]) | set(generations)
     for number in sorted(numbers, key=lambda n: (n is None, n or 0)):
         row = summary["per_generation"].get(number, {"frames": 0, "labels": 0, "failures": 0})
-        name = "imported" if number is None else str(number)
-        table.add_row(name, status.get(number, "-"), str(row["frames"]), str(row["labels"]), str(row["failures"]))
+        record = generations.get(number, {})
+        stages = " ".join(f"{name}:{state}" for name, state in (record.get("stages") or {}).items() if state != "completed")
+        table.add_row(
+            "imported" if number is None else str(number),
+            record.get("status", "-"),
+            stages or ("all completed" if record else "-"),
+            str(row["frames"]),
+            str(row["labels"]),
+            str(row["failures"]),
+            (record.get("error") or "")[:80],
+        )
     console.print(table)
 
 
-@db_app.command("status", cls=SelfplayCommand)
-def db_status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Frames, labels, failures, per element and per generation."""
+@app.command("status", cls=SelfplayCommand)
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """The store: frames, labels and failures per theory, element and generation; each stage's state."""
     import json
 
     from pipeline.stats import dataset_summary
@@ -175,7 +190,6 @@ def export(
 COMMANDS: list[tuple[str, str, str]] = [
     ("demo", "flows.commands.generation", "demo"),
     ("run", "flows.commands.generation", "run"),
-    ("status", "flows.commands.generation", "status"),
     ("train", "flows.commands.model", "train"),
     ("predict", "flows.commands.model", "predict"),
     ("label", "flows.commands.label", "label"),
@@ -191,9 +205,16 @@ DB_COMMANDS: list[tuple[str, str, str]] = [
     ("summarise", "flows.commands.dashboard", "summarise"),
 ]
 
+#: The same for the ``selfplay probe`` group.
+PROBE_COMMANDS: list[tuple[str, str, str]] = [
+    ("add", "flows.commands.probe", "add"),
+    ("list", "flows.commands.probe", "list_sets"),
+    ("remove", "flows.commands.probe", "remove"),
+]
+
 
 def _register_commands() -> None:
-    for group, commands in ((app, COMMANDS), (db_app, DB_COMMANDS)):
+    for group, commands in ((app, COMMANDS), (db_app, DB_COMMANDS), (probe_app, PROBE_COMMANDS)):
         for name, module, function in commands:
             group.command(name, cls=SelfplayCommand)(getattr(importlib.import_module(module), function))
 

@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettin
 # Section models live next to the code they configure; this module composes them.
 from dft.labeller import LabellerSettings
 from dft.settings import DFTSettings
-from pipeline.errors import ConfigError, first_validation_problem
+from pipeline.errors import ConfigError, validation_message
 from pipeline.selection import SelectionConfig
 from pipeline.store import mask_uri
 from potential.config import ModelConfig, TrainConfig
@@ -179,19 +179,6 @@ class SelfplayConfig(BaseSettings):
         return data
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    field, message = first_validation_problem(error)
-    value = first.get("input")
-    shown = ""
-    if first["type"] != "extra_forbidden" and not isinstance(value, (dict, list)) and "uri" not in field:
-        shown = f" (got {value!r})"
-    more = len(error.errors()) - 1
-    tail = f"; and {more} more problem{'s' if more > 1 else ''}" if more else ""
-    where = f"field '{field}': " if field else ""
-    return f"{source}: {where}{message}{shown}{tail}"
-
-
 def read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -218,7 +205,7 @@ def load_config(path: Path | str | None = None, **overrides: Any) -> SelfplayCon
     try:
         return SelfplayConfig(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(validation_message(exc, source)) from None
     except (ValueError, TypeError) as exc:  # e.g. malformed JSON in a nested env variable
         raise ConfigError(f"{source}: {exc}") from None
     finally:

@@ -18,7 +18,8 @@ stopped:
 * ``select``  picked frames are inserted idempotently (content hash), then the ledger.
 * ``label``   every outcome is stored the moment it arrives; a rerun labels only frames
   with neither a label nor a failure at this level of theory.
-* ``report``  metrics, the ledger's labelled/failed columns, snapshot and report.
+* ``report``  metrics (with the model's errors on the probe sets), the ledger's
+  labelled/failed columns, snapshot and report.
 
 Nothing here knows Prefect.
 """
@@ -379,11 +380,58 @@ def report_stage(ctx: StageContext, write_files: bool = True) -> dict:
     metrics["sentinel"] = sentinel_stats.to_dict() if sentinel_stats else None
     metrics["calibration"] = calibration + sentinel_calibration
     metrics["stage_seconds"] = {s: stage_state(generation, s).get("seconds") for s in stage_names()}
+    probes = evaluate_probe_sets(config, generation, model)
+    if probes is None:
+        metrics.pop("probes", None)  # a cold start has no model to score
+    else:
+        metrics["probes"] = probes
     Generation.objects(id=generation.id).update_one(set__ledger=ledger, set__counts=counts, set__metrics=store_safe(metrics))
     generation.reload()
     write_dashboard_summary(generation)
     files = write_outputs(config, generation) if write_files else {}
-    return {"counts": counts, "model_error": metrics["model"], "files": files}
+    return {"counts": counts, "model_error": metrics["model"], "probes": sorted(probes or {}), "files": files}
+
+
+def evaluate_probe_sets(config: SelfplayConfig, generation: Generation, model) -> Optional[dict]:
+    """``{probe set: errors}`` of ``model`` on every probe set at a theory it trains on
+    (:func:`training_theories`); None without a model.
+
+    Each entry is :meth:`potential.evaluation.ErrorStats.to_dict` plus ``trained_on_labels``
+    (the labels the evaluated model trained on), ``model``, ``theory`` and ``probe_set``
+    (the set's id). It is stored on the generation as soon as it is computed, and a rerun
+    of an interrupted report stage takes it from there instead of evaluating again while
+    the set and the model are the same ones: a rerun gives the same metrics, and costs
+    only the sets not yet scored.
+    """
+    if model is None:
+        return None
+    from pipeline.probes import probe_atoms, probe_sets
+    from potential.evaluation import model_errors
+
+    version = generation.model_version or latest_model(before=generation.number + 1)
+    model_name = version.name if version is not None else None
+    trained_on = int(((version.trained_on or {}).get("frames") or 0) if version is not None else 0)
+    earlier = (generation.metrics or {}).get("probes") or {}
+    out: dict[str, dict] = {}
+    for probe in probe_sets(theories=training_theories(config)):
+        previous = earlier.get(probe.name)
+        if isinstance(previous, dict) and previous.get("probe_set") == probe.id and previous.get("model") == model_name:
+            out[probe.name] = previous
+            continue
+        stats, _ = model_errors(model, probe_atoms(probe.name))
+        entry = store_safe(
+            {
+                **stats.to_dict(),
+                "trained_on_labels": trained_on,
+                "model": model_name,
+                "theory": probe.theory,
+                "probe_set": probe.id,
+            }
+        )
+        # Kept at once (names carry no "." or "$": pipeline.probes.check_name).
+        Generation._get_collection().update_one({"_id": generation.id}, {"$set": {f"metrics.probes.{probe.name}": entry}})
+        out[probe.name] = entry
+    return out
 
 
 def write_dashboard_summary(generation: Generation) -> None:

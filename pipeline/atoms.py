@@ -1,8 +1,13 @@
-"""Validation of ``ase.Atoms`` frames at module boundaries.
+"""Validation of ``ase.Atoms`` frames at module boundaries: the one structure validator.
 
-Every public function that takes frames calls :func:`check_atoms`, so that bad
-structures fail early with a message naming the problem, instead of producing NaNs
-deep inside a model or an SCF.
+:func:`structure_problem` is the one check of a structure (type, empty, elements, NaN
+positions or cell, degenerate or exploded periodic cell, overlapping or too close atoms);
+it says what is wrong in one line, or None. Every public function that takes frames calls
+:func:`check_atoms` (which raises it as :class:`InvalidStructure`), so that bad structures
+fail early with a message naming the problem, instead of producing NaNs deep inside a
+model or an SCF; the selection's geometry filter
+(:func:`pipeline.selection.geometry_problem`) and the model's graph builder
+(:func:`potential.graph.validate_frame`) ask the same function.
 """
 
 from __future__ import annotations
@@ -34,11 +39,19 @@ def symbols_to_numbers(symbols: list[str] | tuple[str, ...], what: str = "elemen
     return numbers
 
 
-def check_numbers(numbers: np.ndarray, name: str = "frame") -> None:
+def numbers_problem(numbers: np.ndarray) -> str | None:
+    """Why ``numbers`` holds an unsupported atomic number (one line), or None."""
     numbers = np.asarray(numbers)
     if numbers.size and (numbers.min() < 1 or numbers.max() > MAX_Z):
         bad = int(numbers[(numbers < 1) | (numbers > MAX_Z)][0])
-        raise InvalidStructure(f"{name}: atomic number {bad} is outside the supported range 1..{MAX_Z} (H..Bi)")
+        return f"atomic number {bad} is outside the supported range 1..{MAX_Z} (H..Bi)"
+    return None
+
+
+def check_numbers(numbers: np.ndarray, name: str = "frame") -> None:
+    problem = numbers_problem(numbers)
+    if problem:
+        raise InvalidStructure(f"{name}: {problem}")
 
 
 def min_distance_ratio(atoms: Atoms) -> tuple[float, float]:
@@ -73,44 +86,86 @@ def min_distance_ratio(atoms: Atoms) -> tuple[float, float]:
     return float(d.min()), float(ratio.min())
 
 
+def distance_problem(
+    dmin: float,
+    ratio: float = float("inf"),
+    min_distance: float = HARD_MIN_DISTANCE,
+    min_covalent_ratio: float | None = None,
+) -> str | None:
+    """Why the closest pair (``dmin`` Å apart, ``ratio`` x the sum of covalent radii) is
+    too close, or None (also for callers that measure the pair from their own neighbour list)."""
+    if dmin < min_distance:
+        return f"atoms overlap (closest pair {dmin:.3g} Å apart, minimum {min_distance} Å)"
+    if min_covalent_ratio is not None and ratio < min_covalent_ratio:
+        return (
+            f"atoms too close ({dmin:.3g} Å = {ratio:.2f} x the sum of covalent radii, minimum {min_covalent_ratio})"
+        )
+    return None
+
+
+def structure_problem(
+    atoms: Atoms,
+    *,
+    min_distance: float = HARD_MIN_DISTANCE,
+    min_covalent_ratio: float | None = None,
+    max_volume_per_atom: float | None = None,
+    distances: bool = True,
+) -> str | None:
+    """Why ``atoms`` cannot be used (one line, without a name), or None when it is fine.
+
+    Checks: an ``ase.Atoms``, non-empty, supported elements (H..Bi), finite positions and
+    cell, a non-degenerate cell along periodic directions, at most ``max_volume_per_atom``
+    Å³ per atom in a fully periodic cell (when given), and (with ``distances``) no two
+    atoms, periodic images included, closer than ``min_distance`` Å or than
+    ``min_covalent_ratio`` times the sum of their covalent radii (when given).
+    """
+    if not isinstance(atoms, Atoms):
+        return f"expected ase.Atoms, got {type(atoms).__name__}"
+    if len(atoms) == 0:
+        return "structure has no atoms"
+    problem = numbers_problem(atoms.numbers)
+    if problem:
+        return problem
+    if not np.all(np.isfinite(atoms.positions)):
+        return "positions contain NaN or infinite values"
+    cell = atoms.cell.array
+    if not np.all(np.isfinite(cell)):
+        return "cell contains NaN or infinite values"
+    if atoms.pbc.any():
+        lengths = np.linalg.norm(cell[atoms.pbc], axis=1)
+        if np.any(lengths < 1e-6):
+            return "periodic cell vector of zero length"
+        if atoms.pbc.all():
+            volume = abs(float(np.linalg.det(cell)))
+            if volume < 1e-6:
+                return "periodic cell has zero volume"
+            if max_volume_per_atom is not None and volume / len(atoms) > max_volume_per_atom:
+                return f"cell exploded ({volume / len(atoms):.1f} Å^3/atom > {max_volume_per_atom})"
+    if not distances:
+        return None
+    return distance_problem(*min_distance_ratio(atoms), min_distance, min_covalent_ratio)
+
+
 def check_atoms(
     atoms: Atoms,
     name: str = "frame",
     *,
     min_distance: float = HARD_MIN_DISTANCE,
     min_covalent_ratio: float | None = None,
+    max_volume_per_atom: float | None = None,
     allow_empty: bool = False,
+    distances: bool = True,
 ) -> None:
-    """Raise :class:`InvalidStructure` if ``atoms`` cannot be used.
-
-    Checks: non-empty, supported elements (H..Bi), finite positions and cell, a
-    non-degenerate cell along periodic directions, and no two atoms closer than
-    ``min_distance`` Å (or than ``min_covalent_ratio`` times the sum of their covalent
-    radii, when given).
-    """
-    if not isinstance(atoms, Atoms):
-        raise InvalidStructure(f"{name}: expected ase.Atoms, got {type(atoms).__name__}")
-    if len(atoms) == 0:
-        if allow_empty:
-            return
-        raise InvalidStructure(f"{name}: structure has no atoms")
-    check_numbers(atoms.numbers, name)
-    positions = atoms.positions
-    if not np.all(np.isfinite(positions)):
-        raise InvalidStructure(f"{name}: positions contain NaN or infinite values")
-    cell = atoms.cell.array
-    if not np.all(np.isfinite(cell)):
-        raise InvalidStructure(f"{name}: cell contains NaN or infinite values")
-    if atoms.pbc.any():
-        lengths = np.linalg.norm(cell[atoms.pbc], axis=1)
-        if np.any(lengths < 1e-6):
-            raise InvalidStructure(f"{name}: periodic cell vector of zero length")
-        if atoms.pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
-            raise InvalidStructure(f"{name}: periodic cell has zero volume")
-    dmin, ratio = min_distance_ratio(atoms)
-    if dmin < min_distance:
-        raise InvalidStructure(f"{name}: atoms overlap (closest pair {dmin:.3g} Å apart, minimum {min_distance} Å)")
-    if min_covalent_ratio is not None and ratio < min_covalent_ratio:
-        raise InvalidStructure(
-            f"{name}: atoms too close ({ratio:.2f} x the sum of covalent radii, minimum {min_covalent_ratio})"
-        )
+    """Raise :class:`InvalidStructure` (``"<name>: <problem>"``) if ``atoms`` cannot be
+    used; the checks are those of :func:`structure_problem`."""
+    if allow_empty and isinstance(atoms, Atoms) and len(atoms) == 0:
+        return
+    problem = structure_problem(
+        atoms,
+        min_distance=min_distance,
+        min_covalent_ratio=min_covalent_ratio,
+        max_volume_per_atom=max_volume_per_atom,
+        distances=distances,
+    )
+    if problem:
+        raise InvalidStructure(f"{name}: {problem}")

@@ -6,6 +6,8 @@
 ``Failure``     a frame whose labelling failed at a level of theory, with the attempts.
 ``Generation``  one self-play loop: status of each stage, thresholds, ledger, metrics.
 ``ModelVersion`` a trained ensemble: weights in GridFS, hyperparameters, metrics, data seen.
+``ProbeSet``    a fixed, labelled, held-out set of structures (its ``ProbeFrame`` documents,
+                in their own collection) the models are scored on after every generation.
 
 Arrays are raw little-endian bytes (see :mod:`pipeline.arrays`); element lists are
 denormalised onto labels and failures so per-element counts are single-collection
@@ -21,9 +23,11 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
+from bson import ObjectId
 
 from pipeline import arrays
-from pipeline.hashing import frame_hash
+from pipeline.errors import InvalidStructure
+from pipeline.hashing import frame_hashes
 
 
 def utcnow() -> datetime:
@@ -43,6 +47,113 @@ def hill_formula_of_counts(count: dict[str, int]) -> str:
     return "".join(f"{k}{count[k] if count[k] > 1 else ''}" for k in order)
 
 
+#: Atomic number (0..127) -> element symbol ("" beyond the periodic table).
+_SYMBOLS = np.array(chemical_symbols + [""] * (128 - len(chemical_symbols)), dtype=object)
+
+#: How each optional field is stored (None: left out).
+_STORED = {
+    "sigma_f": float,
+    "force_deviation": arrays.pack,
+    "selected_as": str,
+    "sigma_e": lambda v: None if np.isnan(v) else float(v),
+}
+
+
+def _per_frame(name: str, values, n: int) -> list:
+    if values is None:
+        return [None] * n
+    values = list(values)
+    if len(values) != n:
+        raise InvalidStructure(f"{len(values)} values of {name} for {n} frames")
+    return values
+
+
+def frame_documents(
+    frames: list[Atoms],
+    *,
+    source: str,
+    generation: int | None = None,
+    provenance: list[dict | None] | None = None,
+    sigma_f: list[float | None] | None = None,
+    force_deviation: list[np.ndarray | None] | None = None,
+    selected_as: list[str | None] | None = None,
+    sigma_e: list[float | None] | None = None,
+    now: datetime | None = None,
+) -> list[dict]:
+    """The stored documents of many frames at once: the one frame-document builder.
+
+    Plain dicts ready for ``insert_many``, with a new ``_id`` and ``created_at``. The
+    optional fields are lists with one value (or None) per frame; unset ones (None, and a
+    NaN ``sigma_e``) are left out, as mongoengine does. Everything is computed for the
+    whole batch at once: one concatenation, one quantisation for the content hashes
+    (:func:`pipeline.hashing.frame_hashes`, which :func:`~pipeline.hashing.frame_hash`
+    also uses), one element count; the loop over frames only slices.
+    """
+    n = len(frames)
+    if n == 0:
+        return []
+    now = now or utcnow()
+    provenance = _per_frame("provenance", provenance, n)
+    given = {"sigma_f": sigma_f, "force_deviation": force_deviation, "selected_as": selected_as, "sigma_e": sigma_e}
+    optional = {
+        key: [None if v is None else _STORED[key](v) for v in _per_frame(key, values, n)]
+        for key, values in given.items()
+        if values is not None
+    }
+
+    numbers_per_frame = [np.asarray(a.numbers) for a in frames]
+    sizes = np.fromiter((len(x) for x in numbers_per_frame), dtype=np.int64, count=n)
+    if (sizes == 0).any():
+        raise InvalidStructure(f"frame {int(np.argmax(sizes == 0))}: structure has no atoms")
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    numbers = np.concatenate(numbers_per_frame).astype(np.int64)
+    if numbers.min() < 0 or numbers.max() >= 128:
+        raise InvalidStructure(f"atomic number {int(numbers[(numbers < 0) | (numbers >= 128)][0])} is not an element")
+    positions = np.concatenate([a.positions for a in frames]).astype(arrays.FLOAT, copy=False)
+    cells = np.stack([a.cell.array for a in frames]).astype(arrays.FLOAT, copy=False)
+    pbcs = np.stack([np.asarray(a.pbc, dtype=bool) for a in frames])
+
+    numbers_u1 = numbers.astype(arrays.NUMBERS).tobytes()
+    positions_bytes = np.ascontiguousarray(positions).tobytes()
+    cells_bytes = np.ascontiguousarray(cells).tobytes()
+    hashes = frame_hashes(numbers, positions, cells, pbcs, offsets)
+
+    # Element counts of all frames in one bincount: rows are frames, columns atomic numbers.
+    counts = np.bincount(np.repeat(np.arange(n), sizes) * 128 + numbers, minlength=n * 128).reshape(n, 128)
+    rows, columns = np.nonzero(counts)
+    row_starts = np.searchsorted(rows, np.arange(n + 1))
+    column_counts = counts[rows, columns].tolist()
+    column_symbols = _SYMBOLS[columns].tolist()
+
+    docs = []
+    for i in range(n):
+        a0, a1 = int(offsets[i]), int(offsets[i + 1])
+        r0, r1 = row_starts[i], row_starts[i + 1]
+        present = dict(zip(column_symbols[r0:r1], column_counts[r0:r1]))
+        doc = {
+            "_id": ObjectId(),
+            "hash": hashes[i],
+            "n_atoms": a1 - a0,
+            "numbers": numbers_u1[a0:a1],
+            "positions": positions_bytes[24 * a0 : 24 * a1],
+            "cell": cells_bytes[72 * i : 72 * (i + 1)],
+            "pbc": pbcs[i].tolist(),
+            "elements": sorted(present),
+            "formula": hill_formula_of_counts(present),
+            "source": source,
+            "provenance": provenance[i] or {},
+            "created_at": now,
+        }
+        if generation is not None:  # unset optional fields are left out, as mongoengine does
+            doc["generation"] = generation
+        for key, values in optional.items():
+            if values[i] is not None:
+                doc[key] = values[i]
+        docs.append(doc)
+    return docs
+
+
 def frame_fields(
     atoms: Atoms,
     *,
@@ -54,25 +165,20 @@ def frame_fields(
     selected_as: str | None = None,
     sigma_e: float | None = None,
 ) -> dict:
-    """The stored fields of a frame (plain values: also used for bulk inserts)."""
-    numbers = np.asarray(atoms.numbers)
-    return dict(
-        hash=frame_hash(atoms),
-        n_atoms=len(numbers),
-        numbers=arrays.pack(numbers, arrays.NUMBERS),
-        positions=arrays.pack(atoms.positions),
-        cell=arrays.pack(atoms.cell.array),
-        pbc=[bool(p) for p in atoms.pbc],
-        elements=sorted(chemical_symbols[z] for z in set(numbers.tolist())),
-        formula=hill_formula(numbers),
-        generation=generation,
+    """The stored fields of one frame (:func:`frame_documents` of a batch of one, without
+    ``_id`` and ``created_at``; every field present, None where unset)."""
+    doc = frame_documents(
+        [atoms],
         source=source,
-        provenance=provenance or {},
-        sigma_f=None if sigma_f is None else float(sigma_f),
-        force_deviation=None if force_deviation is None else arrays.pack(force_deviation),
-        selected_as=selected_as,
-        sigma_e=None if sigma_e is None or np.isnan(sigma_e) else float(sigma_e),
-    )
+        generation=generation,
+        provenance=[provenance],
+        sigma_f=[sigma_f],
+        force_deviation=[force_deviation],
+        selected_as=[selected_as],
+        sigma_e=[sigma_e],
+    )[0]
+    del doc["_id"], doc["created_at"]
+    return {"generation": None, **dict.fromkeys(_STORED), **doc}
 
 
 class Frame(me.Document):
@@ -235,7 +341,7 @@ class Generation(me.Document):
     theory = me.StringField()
     model_version = me.ReferenceField("ModelVersion")
     prefect_flow_run_id = me.StringField()
-    #: The explore stage's frames (npz archive, see pipeline.generation.pack_frames) for resuming.
+    #: The explore stage's frames (npz archive, see pipeline.frame_archive.pack_frames) for resuming.
     explored = me.FileField(collection_name="explored_frames")
     error = me.StringField()
     started_at = me.DateTimeField(default=utcnow)
@@ -265,4 +371,64 @@ class ModelVersion(me.Document):
     }
 
 
-ALL_DOCUMENTS = (Frame, Label, Failure, Generation, ModelVersion)
+class ProbeSet(me.Document):
+    """A fixed, labelled, held-out set of structures the models are scored on after every
+    generation (:mod:`pipeline.probes`). Its frames are :class:`ProbeFrame` documents, in
+    their own collection: never trained on, selected from or exported with the dataset."""
+
+    name = me.StringField(required=True, max_length=64)
+    description = me.StringField(default="")
+    #: Level-of-theory key of its labels; models are scored on it when they train on it.
+    theory = me.StringField(required=True)
+    theory_spec = me.DictField()
+    n_frames = me.IntField(required=True, min_value=0)
+    n_atoms = me.IntField(default=0)
+    elements = me.ListField(me.StringField())
+    #: Where the frames came from: [{"file", "frames"}], and whether selfplay labelled them.
+    sources = me.ListField(me.DictField())
+    labelled_here = me.BooleanField(default=False)
+    #: False while its frames are being written: an interrupted add is never evaluated and
+    #: is removed by ``selfplay probe remove``.
+    complete = me.BooleanField(default=False)
+    created_at = me.DateTimeField(default=utcnow)
+
+    meta = {"collection": "probe_sets", "indexes": [{"fields": ["name"], "unique": True}]}
+
+
+class ProbeFrame(me.Document):
+    """One labelled structure of a :class:`ProbeSet` (arrays as in :class:`Frame`/:class:`Label`)."""
+
+    probe_set = me.ReferenceField(ProbeSet, required=True)
+    index = me.IntField(required=True, min_value=0)
+    hash = me.StringField(required=True, max_length=64)
+    n_atoms = me.IntField(required=True, min_value=1)
+    numbers = me.BinaryField(required=True)
+    positions = me.BinaryField(required=True)
+    cell = me.BinaryField(required=True)
+    pbc = me.ListField(me.BooleanField(), required=True)
+    elements = me.ListField(me.StringField(), required=True)
+    energy = me.FloatField(required=True)  # eV
+    forces = me.BinaryField(required=True)  # eV/Å, (n_atoms, 3)
+    stress = me.BinaryField()  # eV/Å³, Voigt order xx yy zz yz xz xy
+
+    meta = {"collection": "probe_frames", "indexes": [{"fields": ["probe_set", "index"], "unique": True}]}
+
+    def to_atoms(self) -> Atoms:
+        """The frame as ``ase.Atoms`` with its label in a SinglePointCalculator."""
+        n = self.n_atoms
+        atoms = Atoms(
+            numbers=arrays.unpack(self.numbers, (n,), arrays.NUMBERS).astype(int),
+            positions=arrays.unpack(self.positions, (n, 3)),
+            cell=arrays.unpack(self.cell, (3, 3)),
+            pbc=list(self.pbc),
+        )
+        results = {"energy": self.energy, "free_energy": self.energy, "forces": arrays.unpack(self.forces, (n, 3))}
+        if self.stress is not None:
+            results["stress"] = arrays.unpack(self.stress, (6,))
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["frame_hash"] = self.hash
+        atoms.info["probe_index"] = self.index
+        return atoms
+
+
+ALL_DOCUMENTS = (Frame, Label, Failure, Generation, ModelVersion, ProbeSet, ProbeFrame)

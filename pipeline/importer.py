@@ -4,7 +4,8 @@ Anything ``ase.io.read`` understands that carries energies and forces (extxyz, V
 OUTCAR/vasprun.xml, FHI-aims, CASTEP, ...) and selfplay's own HDF5 snapshots. A file is
 validated whole before anything is written, and if the database fails half-way the
 frames and labels this import created are removed again: a file is imported entirely
-or not at all.
+or not at all. Files are read by :func:`pipeline.frames_io.read_frames`, structures and
+labels checked.
 """
 
 from __future__ import annotations
@@ -14,68 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 from ase import Atoms
 
-from pipeline.arrays import labels_of
-from pipeline.atoms import check_atoms
-from pipeline.errors import DataFileError, InvalidStructure, SelfplayError
+# The one frame reader (any ASE format, HDF5 by its magic bytes) lives in
+# pipeline.frames_io; its names stay importable from here.
+from pipeline.frames_io import is_hdf5, label_arrays, read_frames  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-def is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(8) == b"\x89HDF\r\n\x1a\n"
-
-
-def read_frames(path: Path | str, *, require_labels: bool = False, index: str = ":") -> list[Atoms]:
-    """All frames of ``path`` (any ASE format, or a selfplay HDF5 snapshot).
-
-    With ``require_labels`` every frame must carry a finite energy and forces of the right
-    shape. Raises :class:`DataFileError` naming the file (and frame) on any problem.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataFileError(f"{path}: file is empty")
-    try:
-        if is_hdf5(path):
-            from pipeline.export import read_hdf5
-
-            frames = list(read_hdf5(path))
-        else:
-            import ase.io
-
-            frames = ase.io.read(path, index=index)
-            if isinstance(frames, Atoms):
-                frames = [frames]
-    except SelfplayError:
-        raise
-    except KeyError as exc:  # ASE's symbol lookup: the only KeyError its readers raise on content
-        raise DataFileError(f"{path}: unknown element symbol {exc.args[0]!r}") from None
-    except Exception as exc:  # ASE raises many exception types for unreadable files
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataFileError(f"{path}: cannot read ({type(exc).__name__}: {message[:200]})") from None
-    if not frames:
-        raise DataFileError(f"{path}: contains no frames")
-    for i, atoms in enumerate(frames):
-        name = f"{path} frame {i}"
-        try:
-            check_atoms(atoms, name)
-        except InvalidStructure as exc:
-            raise DataFileError(str(exc)) from None
-        if require_labels:
-            label_arrays(atoms, name)
-    return frames
-
-
-def label_arrays(atoms: Atoms, name: str) -> tuple[float, np.ndarray, np.ndarray | None]:
-    """Energy, forces and stress (Voigt, or None) carried by ``atoms``; raises
-    :class:`DataFileError` naming ``name`` if missing or malformed (see
-    :func:`pipeline.arrays.labels_of`)."""
-    return labels_of(atoms, name, error=DataFileError)
 
 
 @dataclass

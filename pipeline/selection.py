@@ -23,6 +23,13 @@ other and of frames already in the database, and near-duplicates (descriptor dis
 same elements), and the rest are picked for diversity by farthest-point sampling on
 the model's descriptors, round-robin over elements from the rarest, up to a cap.
 
+That is ``strategy: uncertainty`` (the default). ``strategy: random`` is the passive
+baseline active learning is measured against (``benchmarks/bench_active_learning.py``):
+σ_F and σ_E are ignored for picking (frames are still classified, for the ledger), and
+``max_selected`` frames are drawn uniformly at random from *every* explored frame that
+passes the geometry filter and is neither in the database nor an exact duplicate of an
+earlier frame of the batch (no near-duplicate filter, no diversity, no element balance).
+
 All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
 :class:`FrameDecision` per input frame and the per-element ledger.
 """
@@ -32,14 +39,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, covalent_radii
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.atoms import MAX_Z, min_distance_ratio
-from pipeline.errors import ConfigError, InvalidStructure, first_validation_problem
+from pipeline.atoms import MAX_Z, structure_problem
+from pipeline.errors import ConfigError, InvalidStructure, validation_message
 from pipeline.hashing import frame_hash
 from pipeline.ledger import element_ledger, frame_elements, totals
 
@@ -61,6 +69,11 @@ class SelectionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    strategy: Literal["uncertainty", "random", "weighted", "representative"] = Field(
+        "uncertainty",
+        description="uncertainty: trust window, near-duplicates out, farthest points up to the cap; "
+        "random: the cap drawn at random from every sane, new explored frame (the passive baseline)",
+    )
     lo: float = Field(0.05, gt=0, description="below: accurate (eV/Å)")
     hi: float = Field(0.5, gt=0, description="at or above: failed (eV/Å)")
     max_selected: int = Field(100, ge=0, description="per-generation cap on candidates sent to labelling")
@@ -127,8 +140,7 @@ def selection_config(**values) -> SelectionConfig:
     try:
         return SelectionConfig(**values)
     except ValidationError as exc:
-        where, message = first_validation_problem(exc)
-        raise ConfigError(f"selection config: {where + ': ' if where else ''}{message}") from None
+        raise ConfigError(validation_message(exc, "selection config")) from None
 
 
 # ----------------------------------------------------------------------------- scores
@@ -263,29 +275,14 @@ def geometry_problem(
 ) -> str | None:
     """Why ``atoms`` is unphysical (one line), or None when it is fine.
 
-    Checks: non-finite positions or cell, a pair closer than ``min_covalent_ratio`` times
-    the sum of covalent radii (periodic images included), a degenerate or exploded
-    periodic cell (volume per atom above ``max_volume_per_atom``).
+    The checks of :func:`pipeline.atoms.structure_problem` with the selection's limits: a
+    pair closer than ``min_covalent_ratio`` times the sum of covalent radii (periodic
+    images included), a degenerate or exploded periodic cell (volume per atom above
+    ``max_volume_per_atom``), besides non-finite positions or cell and unknown elements.
     """
-    if len(atoms) == 0:
-        return "no atoms"
-    numbers = np.asarray(atoms.numbers)
-    if numbers.min() < 1 or numbers.max() > MAX_Z:
-        return f"atomic number outside 1..{MAX_Z}"
-    if not np.all(np.isfinite(atoms.positions)):
-        return "positions contain NaN or infinite values"
-    if not np.all(np.isfinite(atoms.cell.array)):
-        return "cell contains NaN or infinite values"
-    if atoms.pbc.all():
-        volume = abs(float(np.linalg.det(atoms.cell.array)))
-        if volume < 1e-6:
-            return "periodic cell has zero volume"
-        if max_volume_per_atom is not None and volume / len(atoms) > max_volume_per_atom:
-            return f"cell exploded ({volume / len(atoms):.1f} Å^3/atom > {max_volume_per_atom})"
-    dmin, ratio = min_distance_ratio(atoms)
-    if ratio < min_covalent_ratio:
-        return f"atoms too close ({dmin:.3f} Å = {ratio:.2f} x sum of covalent radii < {min_covalent_ratio})"
-    return None
+    return structure_problem(
+        atoms, min_distance=0.0, min_covalent_ratio=min_covalent_ratio, max_volume_per_atom=max_volume_per_atom
+    )
 
 
 # ----------------------------------------------------------------------------- descriptors
@@ -566,12 +563,13 @@ def _eligible(
     problems: Sequence[str | None],
     known: Collection[str],
     duplicate_of: dict[int, int],
+    classes: Collection[str] = ("candidate", "unscored"),
 ) -> list[int]:
-    """Candidates and unscored frames that pass the geometry and hash filters; the
-    others of them get their drop reason."""
+    """Frames of ``classes`` (by default candidates and unscored frames) that pass the
+    geometry and hash filters; the others of them get their drop reason."""
     eligible = []
     for i, decision in enumerate(decisions):
-        if decision.cls not in ("candidate", "unscored"):
+        if decision.cls not in classes:
             continue
         if problems[i] is not None:
             _drop(decision, "geometry", problems[i])
@@ -620,6 +618,105 @@ def _pick_candidates(
     return selected
 
 
+def _pick_random(eligible: list[int], decisions: list[FrameDecision], cap: int, seed: int) -> list[int]:
+    """``cap`` eligible frames drawn uniformly without replacement (reproducible by ``seed``),
+    in draw order; the rest are over the cap."""
+    rng = np.random.default_rng([int(seed), 0x52414E44])  # a stream apart from the sentinels'
+    order = [eligible[j] for j in rng.permutation(len(eligible))] if eligible else []
+    selected = order[:cap]
+    for i in selected:
+        decisions[i].selected_as = "candidate"
+    for i in order[cap:]:
+        _drop(decisions[i], "over-cap", f"cap of {cap} reached (random picks)")
+    return selected
+
+
+def _finite_priority(priority: np.ndarray) -> np.ndarray:
+    """Priorities with +inf (unscored frames) replaced by the largest finite one (1 if none)."""
+    finite = priority[np.isfinite(priority)]
+    top = float(finite.max()) if finite.size else 1.0
+    return np.where(np.isfinite(priority), priority, top)
+
+
+def _pick_weighted(
+    eligible: list[int], priority: np.ndarray, decisions: list[FrameDecision], cap: int, seed: int
+) -> list[int]:
+    """``cap`` eligible frames drawn without replacement with probability ∝ uncertainty score."""
+    rng = np.random.default_rng([int(seed), 0x57474854])
+    if not eligible:
+        return []
+    weights = _finite_priority(np.asarray(priority, dtype=np.float64)[eligible])
+    weights = np.clip(weights, 1e-12, None)
+    k = min(cap, len(eligible))
+    chosen = rng.choice(len(eligible), size=k, replace=False, p=weights / weights.sum())
+    selected = [eligible[j] for j in chosen]
+    for i in selected:
+        decisions[i].selected_as = "candidate"
+    picked = set(selected)
+    for i in eligible:
+        if i not in picked:
+            _drop(decisions[i], "over-cap", f"cap of {cap} reached (weighted draw)")
+    return selected
+
+
+def kmeans_labels(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray:
+    """Cluster of each row of ``x`` after k-means (k-means++ start, Lloyd iterations)."""
+    rng = np.random.default_rng([int(seed), 0x4B4D])
+    n = len(x)
+    centres = [x[int(rng.integers(n))]]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        total = d2.sum()
+        index = int(rng.choice(n, p=d2 / total)) if total > 0 else int(rng.integers(n))
+        centres.append(x[index])
+        d2 = np.minimum(d2, ((x - x[index]) ** 2).sum(1))
+    centres = np.array(centres)
+    labels = np.zeros(n, dtype=int)
+    for _ in range(iterations):
+        distances = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+        new = distances.argmin(1)
+        if _ and np.array_equal(new, labels):
+            break
+        labels = new
+        for c in range(k):
+            members = x[labels == c]
+            if len(members):
+                centres[c] = members.mean(0)
+    return labels
+
+
+def _pick_representative(
+    eligible: list[int],
+    priority: np.ndarray,
+    descriptors: np.ndarray,
+    decisions: list[FrameDecision],
+    cap: int,
+    seed: int,
+) -> list[int]:
+    """k-means of the eligible frames into ``cap`` clusters; the most uncertain frame of each."""
+    if not eligible or cap <= 0:
+        return []
+    k = min(cap, len(eligible))
+    x = np.asarray(descriptors, dtype=np.float64)[eligible]
+    scale = x.std(0)
+    x = (x - x.mean(0)) / np.where(scale > 0, scale, 1.0)
+    labels = kmeans_labels(x, k, seed) if k < len(eligible) else np.arange(len(eligible))
+    score = _finite_priority(np.asarray(priority, dtype=np.float64)[eligible])
+    selected = []
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        if members.size:
+            selected.append(eligible[int(members[np.argmax(score[members])])])
+    selected.sort(key=lambda i: (-_finite_priority(np.asarray(priority, dtype=np.float64))[i], i))
+    for i in selected:
+        decisions[i].selected_as = "candidate"
+    picked = set(selected)
+    for i in eligible:
+        if i not in picked:
+            _drop(decisions[i], "over-cap", f"cap of {cap} reached (one pick per cluster)")
+    return selected
+
+
 def _pick_sentinels(
     decisions: list[FrameDecision],
     problems: Sequence[str | None],
@@ -632,7 +729,11 @@ def _pick_sentinels(
     accurate = [
         i
         for i, d in enumerate(decisions)
-        if d.cls == "accurate" and problems[i] is None and d.hash not in known and i not in duplicate_of
+        if d.cls == "accurate"
+        and d.selected_as is None
+        and problems[i] is None
+        and d.hash not in known
+        and i not in duplicate_of
     ]
     if not count or not accurate:
         return []
@@ -720,7 +821,8 @@ def select_arrays(
 
     Phases: classify (trust windows), filter eligible frames (geometry, hashes), rank
     them by :func:`uncertainty_score`, drop near-duplicates and pick for diversity up to
-    the cap, draw sentinels, count.
+    the cap, draw sentinels, count. With ``config.strategy == "random"`` every class is
+    eligible and the cap is drawn at random instead (seeded by ``seed``).
     """
     sigma, sigma_e, element_sets = _checked_inputs(sigma, sigma_e, element_sets, hashes, descriptors)
     n = len(sigma)
@@ -730,9 +832,18 @@ def select_arrays(
     decisions = _initial_decisions(hashes, element_sets, sigma, sigma_e, classes)
     known = set(known_hashes)
     duplicate_of = _batch_duplicates(hashes)
-    eligible = _eligible(decisions, problems, known, duplicate_of)
-    priority = uncertainty_score(sigma, thresholds.lo, sigma_e=sigma_e, e_lo=thresholds.e_lo)
-    selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)
+    if config.strategy == "random":
+        eligible = _eligible(decisions, problems, known, duplicate_of, classes=CLASSES)
+        selected = _pick_random(eligible, decisions, config.max_selected, seed)
+    else:
+        eligible = _eligible(decisions, problems, known, duplicate_of)
+        priority = uncertainty_score(sigma, thresholds.lo, sigma_e=sigma_e, e_lo=thresholds.e_lo)
+        if config.strategy == "weighted":
+            selected = _pick_weighted(eligible, priority, decisions, config.max_selected, seed)
+        elif config.strategy == "representative":
+            selected = _pick_representative(eligible, priority, descriptors, decisions, config.max_selected, seed)
+        else:
+            selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)
     sentinels = _pick_sentinels(decisions, problems, known, duplicate_of, config.sentinel_count, seed)
     return _result(decisions, selected, sentinels, thresholds, descriptor_source)
 
@@ -754,10 +865,9 @@ def select_frames(
     fingerprint is used.
     """
     for index, frame in enumerate(frames):
-        if not isinstance(frame, Atoms):
-            raise InvalidStructure(f"frame {index}: expected ase.Atoms, got {type(frame).__name__}")
-        if len(frame) == 0:
-            raise InvalidStructure(f"frame {index}: structure has no atoms")
+        # What no selection can work with raises; the other geometry problems drop the frame.
+        if not isinstance(frame, Atoms) or len(frame) == 0:
+            raise InvalidStructure(f"frame {index}: {structure_problem(frame, distances=False)}")
     sigma = np.array([frame_sigma_f(frame) for frame in frames], dtype=np.float64)
     sigma_e = np.array([frame_sigma_e(frame) for frame in frames], dtype=np.float64)
     if descriptors is None:

@@ -1,6 +1,6 @@
 """Counts over the store, aggregated in the database (never by loading documents).
 
-Used by ``selfplay db status``, the dashboard and the generation report.
+Used by ``selfplay status``, the dashboard and the generation report.
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ def per_generation_counts() -> dict[int | None, dict[str, int]]:
 
 def dataset_summary() -> dict:
     generations = [
-        {"number": g.number, "status": g.status, "counts": dict(g.counts or {})}
-        for g in Generation.objects.only("number", "status", "counts").order_by("number")
+        {
+            "number": g.number,
+            "status": g.status,
+            "counts": dict(g.counts or {}),
+            "stages": {name: (state or {}).get("status", "pending") for name, state in (g.stages or {}).items()},
+            "error": g.error,
+        }
+        for g in Generation.objects.only("number", "status", "counts", "stages", "error").order_by("number")
     ]
     return {
         "frames": Frame.objects.count(),

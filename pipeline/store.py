@@ -22,15 +22,13 @@ import numpy as np
 import pymongo
 import pymongo.errors
 from ase import Atoms
-from ase.data import chemical_symbols
 from bson import ObjectId
 from pydantic import SecretStr
 from pymongo import uri_parser
 
 from pipeline import arrays
-from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, hill_formula_of_counts, utcnow
+from pipeline.documents import ALL_DOCUMENTS, Failure, Frame, Label, frame_documents, utcnow
 from pipeline.errors import InvalidStructure, StoreError, StoreUnavailable
-from pipeline.hashing import frame_hashes
 
 # The read path (labelled frames streamed in frame order) is pipeline.reads; the store's
 # public names are importable from here as well.
@@ -294,16 +292,21 @@ def add_labelled_frames(
     provenance: list[dict] | None = None,
     generation: int | None = None,
     label_generation: list[int | None] | None = None,
+    **frame_fields: list | None,
 ) -> BulkResult:
     """Insert many frames with their labels in two round trips (import, benchmarks).
+
+    ``frame_fields`` are the optional frame fields of :func:`add_frame` (``sigma_f``,
+    ``sigma_e``, ``force_deviation``, ``selected_as``), each a list with one value (or
+    None) per frame.
 
     Same guarantees as :func:`add_frame`/:func:`add_label`: existing frames and labels are
     kept, concurrent writers never create duplicates (the unique indexes decide), and the
     call is all or nothing: every label is checked before anything is written, and if the
     database fails half-way the documents this call wrote are removed again.
 
-    The frame documents are built for the whole batch at once (one concatenation, one
-    quantisation for the content hashes, one element count), without mongoengine objects.
+    The frame documents are built for the whole batch at once by
+    :func:`pipeline.documents.frame_documents`, without mongoengine objects.
     Frames that already exist are looked up only when the insert reports them as
     duplicates, so a batch of new frames costs exactly two ``insert_many``.
     """
@@ -312,7 +315,9 @@ def add_labelled_frames(
     if not frames:
         return BulkResult(frame_ids=[], created_frames=[], created_labels=[])
     now = utcnow()
-    frame_docs = frame_documents(frames, source=source, generation=generation, provenance=provenance, now=now)
+    frame_docs = frame_documents(
+        frames, source=source, generation=generation, provenance=provenance, now=now, **frame_fields
+    )
     checked = [
         arrays.label_arrays(energy, forces, stress, doc["n_atoms"], f"frame {doc['hash'][:12]}")
         for doc, (energy, forces, stress) in zip(frame_docs, labels)
@@ -387,77 +392,6 @@ def remove_created(frame_ids: list, label_ids: list) -> None:
 def _chunks(items: list, size: int = 10_000):
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-_SYMBOLS = np.array(chemical_symbols + [""] * (128 - len(chemical_symbols)), dtype=object)
-
-
-def frame_documents(
-    frames: list[Atoms],
-    *,
-    source: str,
-    generation: int | None = None,
-    provenance: list[dict] | None = None,
-    now=None,
-) -> list[dict]:
-    """Frame documents (as :func:`pipeline.documents.frame_fields` makes them, plus a new
-    ``_id`` and ``created_at``) for many frames at once.
-
-    The content hashes come from :func:`pipeline.hashing.frame_hashes` on the concatenated
-    arrays of the batch, the function :func:`~pipeline.hashing.frame_hash` also uses.
-    """
-    n = len(frames)
-    now = now or utcnow()
-    numbers_per_frame = [np.asarray(a.numbers) for a in frames]
-    sizes = np.fromiter((len(x) for x in numbers_per_frame), dtype=np.int64, count=n)
-    if n == 0:
-        return []
-    if (sizes == 0).any():
-        raise InvalidStructure(f"frame {int(np.argmax(sizes == 0))} of the batch has no atoms")
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    numbers = np.concatenate(numbers_per_frame).astype(np.int64)
-    if numbers.min() < 0 or numbers.max() >= 128:
-        raise InvalidStructure(f"atomic number {int(numbers[(numbers < 0) | (numbers >= 128)][0])} is not an element")
-    positions = np.concatenate([a.positions for a in frames]).astype(arrays.FLOAT, copy=False)
-    cells = np.stack([a.cell.array for a in frames]).astype(arrays.FLOAT, copy=False)
-    pbcs = np.stack([np.asarray(a.pbc, dtype=bool) for a in frames])
-
-    numbers_u1 = numbers.astype(arrays.NUMBERS).tobytes()
-    positions_bytes = np.ascontiguousarray(positions).tobytes()
-    cells_bytes = np.ascontiguousarray(cells).tobytes()
-    hashes = frame_hashes(numbers, positions, cells, pbcs, offsets)
-
-    # Element counts of all frames in one bincount: rows are frames, columns atomic numbers.
-    counts = np.bincount(np.repeat(np.arange(n), sizes) * 128 + numbers, minlength=n * 128).reshape(n, 128)
-    rows, columns = np.nonzero(counts)
-    row_starts = np.searchsorted(rows, np.arange(n + 1))
-    column_counts = counts[rows, columns].tolist()
-    column_symbols = _SYMBOLS[columns].tolist()
-
-    docs = []
-    for i in range(n):
-        a0, a1 = int(offsets[i]), int(offsets[i + 1])
-        r0, r1 = row_starts[i], row_starts[i + 1]
-        present = dict(zip(column_symbols[r0:r1], column_counts[r0:r1]))
-        doc = {
-            "_id": ObjectId(),
-            "hash": hashes[i],
-            "n_atoms": a1 - a0,
-            "numbers": numbers_u1[a0:a1],
-            "positions": positions_bytes[24 * a0 : 24 * a1],
-            "cell": cells_bytes[72 * i : 72 * (i + 1)],
-            "pbc": pbcs[i].tolist(),
-            "elements": sorted(present),
-            "formula": hill_formula_of_counts(present),
-            "source": source,
-            "provenance": (provenance[i] if provenance else None) or {},
-            "created_at": now,
-        }
-        if generation is not None:  # unset optional fields are left out, as mongoengine does
-            doc["generation"] = generation
-        docs.append(doc)
-    return docs
 
 
 # ----------------------------------------------------------------------------- reads

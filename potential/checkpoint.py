@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 
 from pipeline.atoms import MAX_Z
-from pipeline.errors import DataFileError
+from pipeline.errors import DataFileError, validation_message
 from potential.config import ModelConfig
 from potential.model import DTYPES, N_ELEMENTS, EnsemblePotential, resolve_device
 
@@ -107,7 +107,9 @@ def load_ensemble(
             energy_scale=float(meta["energy_scale"]),
             avg_num_neighbors=float(meta["avg_num_neighbors"]),
         )
-    except (KeyError, ValueError, TypeError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise DataFileError(validation_message(exc, f"model checkpoint {directory}: inconsistent {META_FILE}")) from exc
+    except (KeyError, ValueError, TypeError) as exc:
         raise DataFileError(f"model checkpoint {directory}: inconsistent {META_FILE} ({exc})".splitlines()[0]) from exc
     try:
         state = load_file(str(directory / WEIGHTS_FILE))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from pipeline.atoms import HARD_MIN_DISTANCE, check_numbers
+from pipeline.atoms import check_atoms, distance_problem
 from pipeline.errors import InvalidStructure
 
 
@@ -48,23 +48,9 @@ class FrameGraph:
 
 
 def validate_frame(atoms: Atoms, name: str) -> None:
-    """Cheap checks done before a neighbour list (overlap is checked from the list)."""
-    if not isinstance(atoms, Atoms):
-        raise InvalidStructure(f"{name}: expected ase.Atoms, got {type(atoms).__name__}")
-    if len(atoms) == 0:
-        raise InvalidStructure(f"{name}: structure has no atoms")
-    check_numbers(atoms.numbers, name)
-    if not np.all(np.isfinite(atoms.positions)):
-        raise InvalidStructure(f"{name}: positions contain NaN or infinite values")
-    if atoms.pbc.any():
-        cell = atoms.cell.array
-        if not np.all(np.isfinite(cell)):
-            raise InvalidStructure(f"{name}: cell contains NaN or infinite values")
-        lengths = np.linalg.norm(cell[atoms.pbc], axis=1)
-        if np.any(lengths < 1e-6):
-            raise InvalidStructure(f"{name}: periodic cell vector of zero length")
-        if atoms.pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
-            raise InvalidStructure(f"{name}: periodic cell has zero volume")
+    """Cheap checks done before a neighbour list (:func:`pipeline.atoms.check_atoms`
+    without the distances: overlap is checked from the list, see :func:`frame_graph`)."""
+    check_atoms(atoms, name, distances=False)
 
 
 def neighbor_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,11 +89,9 @@ def frame_graph(atoms: Atoms, cutoff: float, name: str = "frame") -> FrameGraph:
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     vectors = positions[dst] - positions[src] + shifts @ cell
     if len(vectors):
-        dmin = float(np.sqrt(np.min(np.einsum("ea,ea->e", vectors, vectors))))
-        if dmin < HARD_MIN_DISTANCE:
-            raise InvalidStructure(
-                f"{name}: atoms overlap (closest pair {dmin:.3g} Å apart, minimum {HARD_MIN_DISTANCE} Å)"
-            )
+        problem = distance_problem(float(np.sqrt(np.min(np.einsum("ea,ea->e", vectors, vectors)))))
+        if problem:
+            raise InvalidStructure(f"{name}: {problem}")
     return FrameGraph(
         numbers=np.asarray(atoms.numbers, dtype=np.int64),
         positions=positions,

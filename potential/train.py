@@ -241,33 +241,79 @@ def train_ensemble(
     device = resolve_device(device)
     if not frames:
         raise DataFileError("no training frames")
+    # One generator for every random choice of the run, drawn from in a fixed order
+    # (subsample, split, bootstrap, then the epochs' shuffles): the seed fixes the run.
     rng = np.random.default_rng(cfg.seed)
-
-    if warm_start is not None:
-        model = warm_start if isinstance(warm_start, EnsemblePotential) else load_ensemble(warm_start, device)
-        model = copy.deepcopy(model).to(device)
-        if model.n_members != cfg.ensemble_size:
-            raise ConfigError(
-                f"warm start has {model.n_members} members but ensemble_size is {cfg.ensemble_size}"
-            )
-        if model_config is not None and model_config != model.config:
-            log.warning("warm start: keeping the checkpoint's architecture, ignoring the given model_config")
-        model_cfg = model.config
+    model, model_cfg = _warm_start_model(warm_start, model_config, cfg, device)
+    data = _training_data(frames, cfg, model_cfg.cutoff, rng)
+    if model is None:
+        model = _new_ensemble(model_cfg, cfg, data, device)
     else:
-        model_cfg = model_config or ModelConfig()
-        model = None
+        model.set_element_refs(data.refs)
+    training = _Training.start(model, cfg, len(data.train), rng, device)
+    val_batches = _validation_batches(data.val, device, model.dtype, max(cfg.batch_size, 16))
+    baseline = _force_baseline_mae(data.train, data.val)
 
+    metrics = _run_epochs(training, data, val_batches, rng)
+
+    result = TrainResult(
+        ensemble=training.best_ensemble(),
+        metrics=metrics,
+        best_epoch=training.best_epoch,
+        n_train=len(data.train),
+        n_val=len(data.val),
+        val_force_baseline_mae=baseline,
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        seconds=time.perf_counter() - started,
+    )
+    if out_dir is not None:
+        _write_result(Path(out_dir), result, cfg)
+    return result
+
+
+# --- data preparation ---------------------------------------------------------------------
+
+
+@dataclass
+class _TrainingData:
+    """The run's frames split into training and validation, energies relative to ``refs``."""
+
+    train: list[_Sample]
+    val: list[_Sample]
+    refs: np.ndarray  # per-element reference energies fitted on the training frames
+
+
+def _warm_start_model(
+    warm_start: str | Path | EnsemblePotential | None,
+    model_config: ModelConfig | None,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[EnsemblePotential | None, ModelConfig]:
+    """``(a copy of the warm-start ensemble or None, the architecture to train)``."""
+    if warm_start is None:
+        return None, model_config or ModelConfig()
+    model = warm_start if isinstance(warm_start, EnsemblePotential) else load_ensemble(warm_start, device)
+    model = copy.deepcopy(model).to(device)
+    if model.n_members != cfg.ensemble_size:
+        raise ConfigError(f"warm start has {model.n_members} members but ensemble_size is {cfg.ensemble_size}")
+    if model_config is not None and model_config != model.config:
+        log.warning("warm start: keeping the checkpoint's architecture, ignoring the given model_config")
+    return model, model.config
+
+
+def _training_data(frames: list[Atoms], cfg: TrainConfig, cutoff: float, rng: np.random.Generator) -> _TrainingData:
+    """Subsample to ``max_frames``, build the graphs, split, and fit the element references."""
     frames = list(frames)
     if cfg.max_frames is not None and len(frames) > cfg.max_frames:
         keep = np.sort(rng.choice(len(frames), cfg.max_frames, replace=False))
         frames = [frames[i] for i in keep]
-    samples = _prepare(frames, model_cfg.cutoff)
+    samples = _prepare(frames, cutoff)
 
     order = rng.permutation(len(samples))
     n_val = int(round(cfg.val_fraction * len(samples)))
     if cfg.val_fraction > 0 and len(samples) >= 5:
         n_val = max(1, n_val)
-    n_val = min(n_val, len(samples) - 1)
+    n_val = min(n_val, len(samples) - 1)  # at least one training frame
     val_idx, train_idx = order[:n_val], order[n_val:]
     train = [samples[i] for i in train_idx]
     val = [samples[i] for i in val_idx]
@@ -278,57 +324,155 @@ def train_ensemble(
         log.warning("validation frames contain elements absent from training: %s", [chemical_symbols[z] for z in missing])
     for s in samples:
         s.residual_energy = s.labels.energy - float(refs[s.graph.numbers].sum())
+    return _TrainingData(train=train, val=val, refs=refs)
 
-    if model is None:
-        train_forces = np.concatenate([s.labels.forces for s in train])
-        force_rms = float(np.sqrt(np.mean(train_forces**2)))
-        residual_per_atom = np.array([s.residual_energy / s.graph.n_atoms for s in train])
-        scale = force_rms if force_rms > 1e-3 else float(max(np.std(residual_per_atom), 1e-2))
-        avg_neighbors = float(sum(len(s.graph.src) for s in train) / sum(s.graph.n_atoms for s in train))
-        model = build_ensemble(
-            model_cfg,
-            cfg.ensemble_size,
-            cfg.seed,
-            device=device,
-            element_refs=refs,
-            energy_scale=scale,
-            avg_num_neighbors=max(avg_neighbors, 1.0),
-        )
-    else:
-        model.set_element_refs(refs)
 
-    k = model.n_members
-    if cfg.bootstrap and k > 1:
-        counts = np.stack([rng.multinomial(len(train), np.full(len(train), 1.0 / len(train))) for _ in range(k)])
-    else:
-        counts = np.ones((k, len(train)))
-    counts_t = torch.as_tensor(counts, dtype=model.dtype, device=device)
-
-    ema = copy.deepcopy(model)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    val_batches = _validation_batches(val, device, model.dtype, max(cfg.batch_size, 16))
-    train_mean_force = np.concatenate([s.labels.forces for s in train]).mean(0)
-    baseline = (
-        float(np.mean(np.abs(np.concatenate([s.labels.forces for s in val]) - train_mean_force))) if val else None
+def _new_ensemble(model_cfg: ModelConfig, cfg: TrainConfig, data: _TrainingData, device) -> EnsemblePotential:
+    """A fresh ensemble whose output scale and neighbour normalisation fit the training frames."""
+    train = data.train
+    train_forces = np.concatenate([s.labels.forces for s in train])
+    force_rms = float(np.sqrt(np.mean(train_forces**2)))
+    residual_per_atom = np.array([s.residual_energy / s.graph.n_atoms for s in train])
+    # Forces set the scale; frames (nearly) without forces fall back to the energies' spread.
+    scale = force_rms if force_rms > 1e-3 else float(max(np.std(residual_per_atom), 1e-2))
+    avg_neighbors = float(sum(len(s.graph.src) for s in train) / sum(s.graph.n_atoms for s in train))
+    return build_ensemble(
+        model_cfg,
+        cfg.ensemble_size,
+        cfg.seed,
+        device=device,
+        element_refs=data.refs,
+        energy_scale=scale,
+        avg_num_neighbors=max(avg_neighbors, 1.0),
     )
 
+
+def _force_baseline_mae(train: list[_Sample], val: list[_Sample]) -> float | None:
+    """Validation force MAE of always predicting the mean training force (None without validation)."""
+    train_mean_force = np.concatenate([s.labels.forces for s in train]).mean(0)
+    if not val:
+        return None
+    return float(np.mean(np.abs(np.concatenate([s.labels.forces for s in val]) - train_mean_force)))
+
+
+# --- the epoch loop -------------------------------------------------------------------------
+
+
+@dataclass
+class _Training:
+    """What the epoch loop changes: weights, EMA, optimizer, schedule position, best epoch."""
+
+    cfg: TrainConfig
+    model: EnsemblePotential
+    ema: EnsemblePotential  # the evaluated (and returned) weights
+    optimizer: torch.optim.Optimizer
+    counts: torch.Tensor  # (K, n_train) bootstrap weight of each training frame per member
+    device: torch.device
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    step: int = 0
+    lr: float = 0.0
+    loop_started: float = 0.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0  # epochs since the monitored loss last improved
+
+    @classmethod
+    def start(
+        cls, model: EnsemblePotential, cfg: TrainConfig, n_train: int, rng: np.random.Generator, device
+    ) -> "_Training":
+        k = model.n_members
+        if cfg.bootstrap and k > 1:
+            counts = np.stack([rng.multinomial(n_train, np.full(n_train, 1.0 / n_train)) for _ in range(k)])
+        else:
+            counts = np.ones((k, n_train))
+        ema = copy.deepcopy(model)
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+        return cls(
+            cfg=cfg,
+            model=model,
+            ema=ema,
+            optimizer=torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay),
+            counts=torch.as_tensor(counts, dtype=model.dtype, device=device),
+            device=device,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=cfg.epochs * steps_per_epoch,
+            warmup=int(cfg.warmup_epochs * steps_per_epoch),
+        )
+
+    def out_of_time(self) -> bool:
+        return self.cfg.max_seconds is not None and time.perf_counter() - self.loop_started > self.cfg.max_seconds
+
+    def train_epoch(self, epoch: int, train: list[_Sample], rng: np.random.Generator, progress) -> float:
+        """One pass over the shuffled training frames (or until the time budget ends); the mean loss."""
+        self.model.train()
+        perm = rng.permutation(len(train))
+        loss_sum, seen = 0.0, 0
+        batch_task = progress.add_task(f"epoch {epoch}", total=self.steps_per_epoch)
+        for chunk in _batches(perm, self.cfg.batch_size):
+            loss_sum += self._step(epoch, [train[i] for i in chunk], chunk) / self.model.n_members * len(chunk)
+            seen += len(chunk)
+            progress.advance(batch_task)
+            if self.out_of_time():
+                break
+        progress.remove_task(batch_task)
+        return loss_sum / max(1, seen)
+
+    def _step(self, epoch: int, samples: list[_Sample], chunk: np.ndarray) -> float:
+        """One optimizer step on one mini-batch; the summed loss of the members."""
+        cfg, model = self.cfg, self.model
+        self.lr = cfg.learning_rate * _lr_factor(self.step, self.total_steps, self.warmup, cfg.min_learning_rate_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        batch = _Batch(samples, self.device, model.dtype)
+        errors = _frame_errors(model, batch, create_graph=True)
+        member_losses = _member_loss(cfg, batch, self.counts[:, torch.as_tensor(chunk, device=self.device)], errors)
+        loss = member_losses.sum()
+        loss_value = float(loss.detach())  # the step's one read-back from the device
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss_value})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip * math.sqrt(model.n_members))
+        self.optimizer.step()
+        # Short memory early on, while the first steps move the weights far.
+        _ema_update(self.ema, model, min(cfg.ema_decay, (1 + self.step) / (10 + self.step)))
+        self.step += 1
+        return loss_value
+
+    def keep_if_best(self, monitored: float, epoch: int) -> bool:
+        """Remember the EMA weights of an improved epoch; True once patience is used up."""
+        if monitored < self.best_loss:
+            self.best_loss, self.best_epoch, self.stale = monitored, epoch, 0
+            self.best_state = {n: t.detach().clone() for n, t in self.ema.state_dict().items()}
+            return False
+        self.stale += 1
+        return self.stale >= self.cfg.patience
+
+    def best_ensemble(self) -> EnsemblePotential:
+        """The EMA ensemble with the weights of the best epoch, trainable again, in eval mode."""
+        self.ema.load_state_dict(self.best_state)
+        for p in self.ema.parameters():
+            p.requires_grad_(True)
+        self.ema.eval()
+        return self.ema
+
+
+def _run_epochs(
+    training: _Training, data: _TrainingData, val_batches: list[_Batch], rng: np.random.Generator
+) -> list[EpochMetrics]:
+    """Train epoch after epoch until the last, early stopping, or the time budget; the metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    cfg = training.cfg
     # The budget is for the epochs: neighbour lists, the reference fit and torch's one-off
     # optimizer import (seconds) are not charged to it.
-    loop_started = time.perf_counter()
-
-    def out_of_time() -> bool:
-        return cfg.max_seconds is not None and time.perf_counter() - loop_started > cfg.max_seconds
-
+    training.loop_started = time.perf_counter()
     metrics: list[EpochMetrics] = []
-    best_loss, best_epoch, best_state, stale = math.inf, 0, None, 0
-    step = 0
     progress = Progress(
         TextColumn("[bold]train[/] {task.description}"),
         BarColumn(),
@@ -339,89 +483,49 @@ def train_ensemble(
     )
     log.info(
         "training %d members on %d frames (%d validation), %d epochs, device %s",
-        k, len(train), len(val), cfg.epochs, device,
+        training.model.n_members, len(data.train), len(data.val), cfg.epochs, training.device,
     )
     with progress:
         epochs_task = progress.add_task("epochs", total=cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            model.train()
-            perm = rng.permutation(len(train))
-            loss_sum, seen = 0.0, 0
-            batch_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch)
-            for chunk in _batches(perm, cfg.batch_size):
-                lr = cfg.learning_rate * _lr_factor(step, total_steps, warmup, cfg.min_learning_rate_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = _Batch([train[i] for i in chunk], device, model.dtype)
-                errors = _frame_errors(model, batch, create_graph=True)
-                member_losses = _member_loss(cfg, batch, counts_t[:, torch.as_tensor(chunk, device=device)], errors)
-                loss = member_losses.sum()
-                loss_value = float(loss.detach())  # the step's one read-back from the device
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss_value})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip * math.sqrt(k))
-                optimizer.step()
-                _ema_update(ema, model, min(cfg.ema_decay, (1 + step) / (10 + step)))
-                loss_sum += loss_value / k * len(chunk)
-                step += 1
-                seen += len(chunk)
-                progress.advance(batch_task)
-                if out_of_time():
-                    break
-            progress.remove_task(batch_task)
-            train_loss = loss_sum / max(1, seen)
-            row = EpochMetrics(epoch, lr, train_loss, None, None, None)
-            if val:
-                for name, value in _validate(ema, cfg, val_batches, device).items():
+            train_loss = training.train_epoch(epoch, data.train, rng, progress)
+            row = EpochMetrics(epoch, training.lr, train_loss, None, None, None)
+            if data.val:
+                for name, value in _validate(training.ema, cfg, val_batches, training.device).items():
                     setattr(row, name, value)
-            monitored = row.val_loss if row.val_loss is not None else train_loss
             row.seconds = time.perf_counter() - t0
             metrics.append(row)
-            log.info(
-                "epoch %d lr %.2e train %.4g val %s force MAE %s",
-                epoch, lr, train_loss,
-                f"{row.val_loss:.4g}" if row.val_loss is not None else "-",
-                f"{row.val_force_mae:.4g}" if row.val_force_mae is not None else "-",
-            )
-            progress.update(
-                epochs_task,
-                advance=1,
-                description=f"loss {train_loss:.4g}"
-                + (f" val F-MAE {row.val_force_mae:.3g} eV/Å" if row.val_force_mae is not None else ""),
-            )
-            if monitored < best_loss:
-                best_loss, best_epoch, stale = monitored, epoch, 0
-                best_state = {n: t.detach().clone() for n, t in ema.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-                    break
-            if out_of_time():
+            _report_epoch(row, progress, epochs_task)
+            # Without validation frames the training loss is all there is to select on.
+            monitored = row.val_loss if row.val_loss is not None else train_loss
+            if training.keep_if_best(monitored, epoch):
+                log.info("early stop at epoch %d (best %d)", epoch, training.best_epoch)
+                break
+            if training.out_of_time():
                 log.info("training time budget of %.0f s used up at epoch %d", cfg.max_seconds, epoch)
                 break
+    return metrics
 
-    ema.load_state_dict(best_state)
-    for p in ema.parameters():
-        p.requires_grad_(True)
-    ema.eval()
-    result = TrainResult(
-        ensemble=ema,
-        metrics=metrics,
-        best_epoch=best_epoch,
-        n_train=len(train),
-        n_val=len(val),
-        val_force_baseline_mae=baseline,
-        out_dir=Path(out_dir) if out_dir is not None else None,
-        seconds=time.perf_counter() - started,
+
+def _report_epoch(row: EpochMetrics, progress, epochs_task) -> None:
+    log.info(
+        "epoch %d lr %.2e train %.4g val %s force MAE %s",
+        row.epoch, row.lr, row.train_loss,
+        f"{row.val_loss:.4g}" if row.val_loss is not None else "-",
+        f"{row.val_force_mae:.4g}" if row.val_force_mae is not None else "-",
     )
-    if out_dir is not None:
-        out = Path(out_dir)
-        save_ensemble(ema, out, extra={"train_config": cfg.model_dump(), **result.summary()})
-        (out / "metrics.json").write_text(
-            json.dumps({"summary": result.summary(), "epochs": [asdict(m) for m in metrics]}, indent=2)
-        )
-    return result
+    progress.update(
+        epochs_task,
+        advance=1,
+        description=f"loss {row.train_loss:.4g}"
+        + (f" val F-MAE {row.val_force_mae:.3g} eV/Å" if row.val_force_mae is not None else ""),
+    )
+
+
+def _write_result(out: Path, result: TrainResult, cfg: TrainConfig) -> None:
+    """The best ensemble (weights + model.json, with the run's summary) and metrics.json."""
+    save_ensemble(result.ensemble, out, extra={"train_config": cfg.model_dump(), **result.summary()})
+    (out / "metrics.json").write_text(
+        json.dumps({"summary": result.summary(), "epochs": [asdict(m) for m in result.metrics]}, indent=2)
+    )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from pipeline.atoms import symbols_to_numbers
-from pipeline.errors import ConfigError, SelfplayError, first_validation_problem
+from pipeline.errors import ConfigError, SelfplayError, validation_message
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -31,8 +31,18 @@ def parse_config(cls: type[ConfigT], what: str | None = None, **values: Any) -> 
     try:
         return cls(**values)
     except ValidationError as exc:
-        field, message = first_validation_problem(exc)
-        where = f" field '{field}':" if field else ""
-        raise ConfigError(f"{name}:{where} {message}") from None
+        raise ConfigError(validation_message(exc, name)) from None
     except SelfplayError as exc:
         raise ConfigError(f"{name}: {exc}") from None
+
+
+class ElementSet(BaseModel):
+    """The element set a sampler draws from; a sampler's configuration is its element-free
+    parameters (what the root configuration nests) plus this (the run's elements)."""
+
+    elements: list[str] = Field(description="elements that may appear in the structures (H..Bi)")
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, value: list[str]) -> list[str]:
+        return check_elements(value)

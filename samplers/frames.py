@@ -27,6 +27,7 @@ import numpy as np
 from ase import Atoms
 
 from pipeline.errors import DataFileError
+from pipeline.frames_io import read_frames as read_frame_file
 from pipeline.hashing import frame_hash
 from pipeline.jsonable import json_default
 
@@ -133,16 +134,14 @@ def write_frames(path: Path | str, frames: Iterable[Atoms], append: bool = False
 
 
 def read_frames(path: Path | str) -> list[Atoms]:
-    """Frames of an extended XYZ file written by :func:`write_frames` (or any extxyz)."""
-    from ase.io import read
+    """Frames of an extended XYZ file written by :func:`write_frames` (or any extxyz; an
+    empty file holds none), with the JSON info values turned back into dicts.
 
+    The file is read by :func:`pipeline.frames_io.read_frames` (an HDF5 file, by its
+    magic bytes, as well); explored frames may be unphysical, so they are not checked.
+    """
     path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path} does not exist")
-    try:
-        frames = read(path, index=":", format="extxyz")
-    except Exception as exc:  # ASE raises a zoo of types for malformed files
-        raise DataFileError(f"{path} is not a readable extended XYZ file: {exc}") from None
+    frames = read_frame_file(path, check=False, format="extxyz", allow_empty=True)
     for index, frame in enumerate(frames):
         for key in JSON_INFO_KEYS:
             value = frame.info.get(key)

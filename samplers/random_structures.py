@@ -20,10 +20,10 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers, covalent_radii
 from ase.geometry import cellpar_to_cell
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ConfigError
-from samplers.config import check_elements
+from samplers.config import ElementSet
 from samplers.frames import make_frame, provenance
 from samplers.model import score_frames
 
@@ -77,13 +77,8 @@ class RandomStructureParams(BaseModel):
         return RandomStructureConfig(elements=elements, **self.model_dump())
 
 
-class RandomStructureConfig(RandomStructureParams):
-    elements: list[str] = Field(description="element set to draw compositions from (H..Bi)")
-
-    @field_validator("elements")
-    @classmethod
-    def _elements(cls, value: list[str]) -> list[str]:
-        return check_elements(value)
+class RandomStructureConfig(ElementSet, RandomStructureParams):
+    """Random structures with compositions drawn over ``elements``."""
 
 
 def draw_composition(config: RandomStructureConfig, rng: np.random.Generator) -> np.ndarray:

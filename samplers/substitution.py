@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.atoms import MAX_Z, check_atoms, min_distance_ratio
 from pipeline.errors import ConfigError, InvalidStructure
-from samplers.config import check_elements
+from samplers.config import ElementSet
 from samplers.dynamics import MeltQuenchConfig
 from samplers.frames import make_frame, parent_hash, provenance
 from samplers.model import as_calculator, score_frames
@@ -108,13 +108,8 @@ class SubstitutionParams(BaseModel):
         return SubstitutionConfig(elements=elements, **self.model_dump())
 
 
-class SubstitutionConfig(SubstitutionParams):
-    elements: list[str] = Field(description="elements that may appear in the substituted structures (H..Bi)")
-
-    @field_validator("elements")
-    @classmethod
-    def _elements(cls, value: list[str]) -> list[str]:
-        return check_elements(value)
+class SubstitutionConfig(ElementSet, SubstitutionParams):
+    """Substitutions that leave only ``elements`` in the structures."""
 
 
 def prototype_structure(name: str) -> Atoms:

@@ -200,31 +200,3 @@ def run(
     connect_from_config(config, require_persistent=True)  # fail before any work
     number = _run_one(config, path, {}, prefect, require_persistent=True)
     _print_generation(number)
-
-
-def status() -> None:
-    """The latest generations and the state of each stage."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from flows.cli import connect_store
-    from flows.stages import stage_names
-    from pipeline.documents import Generation
-
-    connect_store()
-    stages = stage_names()
-    table = Table(title="generations")
-    for column in ("generation", "status", *stages, "selected", "labelled", "DFT failed", "error"):
-        table.add_column(column)
-    for record in Generation.objects.order_by("-number").limit(20):
-        counts = record.counts or {}
-        table.add_row(
-            str(record.number),
-            record.status,
-            *[(record.stages or {}).get(s, {}).get("status", "-") for s in stages],
-            str(counts.get("selected", "-")),
-            str(counts.get("labelled", "-")),
-            str(counts.get("dft_failed", "-")),
-            (record.error or "")[:80],
-        )
-    Console().print(table)

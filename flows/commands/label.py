@@ -36,23 +36,14 @@ WRITTEN_INFO = (
 
 
 def read_structures(files: list[Path]) -> list[tuple[str, "object"]]:
-    """``[(origin, atoms)]`` for every frame of every file; ``origin`` is ``file:index``."""
-    import ase.io
+    """``[(origin, atoms)]`` for every frame of every file; ``origin`` is ``file:index``.
 
-    frames = []
-    for path in files:
-        if not path.is_file():
-            raise DataFileError(f"{path}: no such file")
-        try:
-            images = ase.io.read(str(path), index=":")
-        except Exception as exc:  # ase raises many types for unreadable files
-            raise DataFileError(f"{path}: cannot read structures ({type(exc).__name__}: {exc})") from None
-        if not isinstance(images, list):
-            images = [images]
-        if not images:
-            raise DataFileError(f"{path}: holds no structures")
-        frames.extend((f"{path}:{i}", atoms) for i, atoms in enumerate(images))
-    return frames
+    Files are read by :func:`pipeline.frames_io.read_frames`; each structure is checked
+    by the labeller's own plan (with its own limits) before any single point.
+    """
+    from pipeline.frames_io import read_frames
+
+    return [(f"{path}:{i}", atoms) for path in files for i, atoms in enumerate(read_frames(path, check=False))]
 
 
 #: Options that set a field of one labeller kind's settings: option -> (field, kinds).
@@ -82,7 +73,7 @@ def settings_from_options(backend: str, given: dict[str, object]):
     from pydantic import ValidationError
 
     from dft.labeller import BACKENDS, SETTINGS_ADAPTER, LabellerSettings
-    from pipeline.errors import first_validation_problem
+    from pipeline.errors import validation_message
 
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -100,11 +91,14 @@ def settings_from_options(backend: str, given: dict[str, object]):
     try:
         settings: LabellerSettings = SETTINGS_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        field, message = first_validation_problem(exc)
-        # The error's location starts with the kind's tag ("xtb.method"); name the option.
-        parts = [p for p in field.split(".") if p not in BACKENDS]
-        option = field_options.get(parts[0]) if parts else None
-        raise ConfigError(f"{option or '.'.join(parts) or '--backend'}: {message}") from None
+
+        def option_of(field: str) -> str:
+            # The error's location starts with the kind's tag ("xtb.method"); name the option.
+            parts = [p for p in field.split(".") if p not in BACKENDS]
+            option = field_options.get(parts[0]) if parts else None
+            return option or ".".join(parts) or "--backend"
+
+        raise ConfigError(validation_message(exc, rename=option_of)) from None
     return settings
 
 

@@ -1,4 +1,4 @@
-"""``selfplay train`` and ``selfplay predict`` (registered by pipeline/cli.py)."""
+"""``selfplay train`` and ``selfplay predict`` (registered by flows/cli.py)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation, bootstrap and split."),
 ) -> None:
     """Train an ensemble of equivariant potentials on labelled frames."""
+    from pydantic import ValidationError
+
+    from pipeline.errors import validation_message
     from potential.config import TrainConfig
     from potential.data import read_frames
     from potential.train import train_ensemble
@@ -52,8 +55,8 @@ def train(
             raise DataFileError("the store holds no labelled frames" + (f" at {', '.join(theories)}" if theories else ""))
     try:
         config = TrainConfig(epochs=epochs, ensemble_size=ensemble, batch_size=batch_size, seed=seed)
-    except ValueError as exc:
-        raise ConfigError(f"invalid training option: {exc}".splitlines()[0]) from None
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, "invalid training option")) from None
     result = train_ensemble(frames, config, out, warm_start=warm_start, device=None if device == "auto" else device)
     best = result.best
     console = _console()
@@ -87,22 +90,11 @@ def predict(
     import numpy as np
     from ase.calculators.singlepoint import SinglePointCalculator
 
+    from pipeline.frames_io import read_frames
     from potential.checkpoint import load_ensemble
-    from potential.data import HDF5_SUFFIXES, read_frames
 
     ensemble = load_ensemble(model, device=None if device == "auto" else device)
-    frames = []
-    for path in files:
-        if not path.exists():
-            raise DataFileError(f"input {path} does not exist")
-        if path.suffix.lower() in HDF5_SUFFIXES:
-            frames.extend(read_frames(path))
-            continue
-        try:
-            read = ase.io.read(path, index=":")
-        except Exception as exc:  # ase raises many kinds on malformed input
-            raise DataFileError(f"{path}: cannot read ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
-        frames.extend(read if isinstance(read, list) else [read])
+    frames = [atoms for path in files for atoms in read_frames(path, check=False)]
     if not frames:
         raise DataFileError("no structures in the input files")
     results = ensemble.evaluate(frames)

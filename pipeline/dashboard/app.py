@@ -22,7 +22,7 @@ import ipaddress
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
@@ -106,6 +106,7 @@ class Drawings:
         self(F.element_growth_figure, first, last, F.default_elements(self.snapshot), True)
         self(F.selection_figure, first, last, None)
         self(F.element_error_figure, first, last, "model")
+        self(F.probe_error_figure, first, last)
         return self
 
 
@@ -277,116 +278,133 @@ def first_view_html(source: SnapshotSource) -> str:
     return to_html(html.Div(view, className="page", id="first-view"))
 
 
+def _radio(radio_id: str, options: list[tuple[str, str]], value: str) -> dcc.RadioItems:
+    """Inline radio buttons: ``options`` are (label, value) pairs."""
+    return dcc.RadioItems(
+        id=radio_id, options=[{"label": f" {label}", "value": v} for label, v in options], value=value, inline=True,
+        inputStyle={"marginLeft": "14px"},
+    )  # fmt: skip
+
+
+def _controls(slider: dict) -> html.Div:
+    """The sticky bar: the generation range and whether imported labels count."""
+    return html.Div(
+        className="controls",
+        children=[
+            html.Label("Generations", className="title", htmlFor="gen-range"),
+            dcc.RangeSlider(
+                id="gen-range", step=1, allowCross=False, updatemode="mouseup",
+                tooltip={"placement": "bottom", "always_visible": False}, **slider,
+            ),  # fmt: skip
+            dcc.Checklist(
+                id="imported", options=[{"label": " include imported labels", "value": "imported"}], value=["imported"]
+            ),
+        ],
+    )
+
+
+def _dataset_section(table_html, table_figure) -> html.Section:
+    modes = [("labelled frames", "labelled"), ("DFT failures", "failures"), ("failure rate", "failure_rate")]
+    return html.Section(
+        [
+            html.H2("Dataset per element"),
+            html.Div(className="option-row", children=_radio("table-mode", modes, "labelled")),
+            html.Div(
+                className="pt-wrap",
+                children=[table_html, dcc.Graph(id="periodic-table", config=GRAPH_CONFIG, figure=table_figure)],
+            ),
+            html.Div(
+                "A label counts once for every element of its frame. Hover an element for its numbers.", className="note"
+            ),
+        ]
+    )
+
+
+def _growth_section(snapshot: Optional[Snapshot]) -> html.Section:
+    elements = F.default_elements(snapshot) if snapshot else []
+    return html.Section(
+        [
+            html.H2("Dataset growth"),
+            html.Div(className="row", children=[_graph("growth"), _graph("samplers")]),
+            html.Div(
+                className="option-row",
+                children=[
+                    dcc.Dropdown(
+                        id="elements", options=_element_options(snapshot), value=elements, multi=True,
+                        placeholder="elements to plot", style={"minWidth": "420px"},
+                    ),  # fmt: skip
+                    _radio("element-mode", [("cumulative", "cumulative"), ("per generation", "per")], "cumulative"),
+                ],
+            ),
+            _graph("element-growth"),
+            _graph("element-heatmap"),
+        ]
+    )
+
+
+def _selection_section(snapshot: Optional[Snapshot]) -> html.Section:
+    return html.Section(
+        [
+            html.H2("Selection"),
+            html.Div(
+                className="option-row",
+                children=dcc.Dropdown(
+                    id="selection-element", options=_element_options(snapshot), value=None,
+                    placeholder="all frames (or choose an element)", style={"minWidth": "320px"},
+                ),  # fmt: skip
+            ),
+            _graph("selection"),
+        ]
+    )
+
+
+def _model_section() -> html.Section:
+    return html.Section(
+        [
+            html.H2("Model quality"),
+            html.Div(className="row", children=[_graph("model-quality"), _graph("calibration")]),
+            html.Div(
+                className="option-row",
+                children=_radio("error-set", [("new labels", "model"), ("sentinels", "sentinel")], "model"),
+            ),
+            _graph("element-error"),
+        ]
+    )
+
+
+def _probe_section() -> html.Section:
+    return html.Section(
+        [html.H2(F.PROBE_TITLE), _graph("probe-errors"), html.Div(F.PROBE_NOTE, className="note")], id="probe-sets"
+    )
+
+
+def _dft_section() -> html.Section:
+    return html.Section(
+        [
+            html.H2("DFT cost and health"),
+            html.Div(className="row", children=[_graph("dft-throughput"), _graph("wall-time")]),
+            html.Div(className="row", children=[_graph("dft-health"), _graph("failures")]),
+            html.H3("Most frequent failure reasons", style={"fontSize": "15px"}),
+            html.Div(id="failure-reasons"),
+        ]
+    )
+
+
 def build_layout(source: SnapshotSource) -> html.Div:
     snapshot = source.latest()
     slider = _slider_props(snapshot)
-    elements = F.default_elements(snapshot) if snapshot else []
     table_html, table_figure, generations = _first_view_parts(source)
     return html.Div(
         className="page",
         children=[
             _header(source),
-            html.Div(
-                className="controls",
-                children=[
-                    html.Label("Generations", className="title", htmlFor="gen-range"),
-                    dcc.RangeSlider(
-                        id="gen-range", step=1, allowCross=False, updatemode="mouseup",
-                        tooltip={"placement": "bottom", "always_visible": False}, **slider,
-                    ),  # fmt: skip
-                    dcc.Checklist(
-                        id="imported",
-                        options=[{"label": " include imported labels", "value": "imported"}],
-                        value=["imported"],
-                    ),
-                ],
-            ),
-            html.Section(
-                [
-                    html.H2("Dataset per element"),
-                    html.Div(
-                        className="option-row",
-                        children=dcc.RadioItems(
-                            id="table-mode",
-                            options=[
-                                {"label": " labelled frames", "value": "labelled"},
-                                {"label": " DFT failures", "value": "failures"},
-                                {"label": " failure rate", "value": "failure_rate"},
-                            ],
-                            value="labelled",
-                            inline=True,
-                            inputStyle={"marginLeft": "14px"},
-                        ),
-                    ),
-                    html.Div(
-                        className="pt-wrap",
-                        children=[table_html, dcc.Graph(id="periodic-table", config=GRAPH_CONFIG, figure=table_figure)],
-                    ),
-                    html.Div(
-                        "A label counts once for every element of its frame. Hover an element for its numbers.",
-                        className="note",
-                    ),
-                ]
-            ),
-            html.Section(
-                [
-                    html.H2("Dataset growth"),
-                    html.Div(className="row", children=[_graph("growth"), _graph("samplers")]),
-                    html.Div(
-                        className="option-row",
-                        children=[
-                            dcc.Dropdown(
-                                id="elements", options=_element_options(snapshot), value=elements, multi=True,
-                                placeholder="elements to plot", style={"minWidth": "420px"},
-                            ),  # fmt: skip
-                            dcc.RadioItems(
-                                id="element-mode",
-                                options=[{"label": " cumulative", "value": "cumulative"}, {"label": " per generation", "value": "per"}],
-                                value="cumulative", inline=True, inputStyle={"marginLeft": "14px"},
-                            ),  # fmt: skip
-                        ],
-                    ),
-                    _graph("element-growth"),
-                    _graph("element-heatmap"),
-                ]
-            ),
-            html.Section(
-                [
-                    html.H2("Selection"),
-                    html.Div(
-                        className="option-row",
-                        children=dcc.Dropdown(
-                            id="selection-element", options=_element_options(snapshot), value=None,
-                            placeholder="all frames (or choose an element)", style={"minWidth": "320px"},
-                        ),  # fmt: skip
-                    ),
-                    _graph("selection"),
-                ]
-            ),
-            html.Section(
-                [
-                    html.H2("Model quality"),
-                    html.Div(className="row", children=[_graph("model-quality"), _graph("calibration")]),
-                    html.Div(
-                        className="option-row",
-                        children=dcc.RadioItems(
-                            id="error-set",
-                            options=[{"label": " new labels", "value": "model"}, {"label": " sentinels", "value": "sentinel"}],
-                            value="model", inline=True, inputStyle={"marginLeft": "14px"},
-                        ),  # fmt: skip
-                    ),
-                    _graph("element-error"),
-                ]
-            ),
-            html.Section(
-                [
-                    html.H2("DFT cost and health"),
-                    html.Div(className="row", children=[_graph("dft-throughput"), _graph("wall-time")]),
-                    html.Div(className="row", children=[_graph("dft-health"), _graph("failures")]),
-                    html.H3("Most frequent failure reasons", style={"fontSize": "15px"}),
-                    html.Div(id="failure-reasons"),
-                ]
-            ),
+            _controls(slider),
+            _dataset_section(table_html, table_figure),
+            _growth_section(snapshot),
+            _selection_section(snapshot),
+            _model_section(),
+            _probe_section(),
+            _dft_section(),
             html.Section([html.H2("Latest generations"), html.Div(generations, id="generations-table")]),
             dcc.Interval(id="tick", interval=POLL_MS),
             dcc.Store(id="version", data=source.version),
@@ -475,12 +493,34 @@ class DashboardApp(Dash):
 def create_app(source: SnapshotSource) -> Dash:
     app = DashboardApp(source, title="selfplay dashboard", update_title=None, index_string=INDEX)
     app.layout = lambda: build_layout(source)
+    _snapshot_callbacks(app, source)
 
     def current() -> Drawings:
         drawings = source.drawings()
         if drawings is None:
             raise PreventUpdate
         return drawings
+
+    _range_callbacks(app, current)
+    _choice_callbacks(app, current)
+    return app
+
+
+def _kept_range(props: dict, value, bounds) -> list:
+    """The slider's value after a refresh: the range chosen, clamped to the new bounds; an
+    end that was at its bound follows the bound (a new generation comes into view)."""
+    if not (value and bounds and not props["disabled"]):
+        return props["value"]
+    old_lo, old_hi = bounds
+    lo = max(props["min"], min(int(value[0]), props["max"]))
+    hi = props["max"] if int(value[1]) >= old_hi else max(lo, min(int(value[1]), props["max"]))
+    if int(value[0]) <= old_lo:
+        lo = props["min"]
+    return [lo, hi]
+
+
+def _snapshot_callbacks(app: Dash, source: SnapshotSource) -> None:
+    """Polling for a new snapshot, and the controls and headline that follow it."""
 
     @app.callback(Output("version", "data"), Input("tick", "n_intervals"), State("version", "data"))
     def poll(_, known):
@@ -499,13 +539,7 @@ def create_app(source: SnapshotSource) -> Dash:
     def on_new_snapshot(_, value, bounds, chosen):
         snapshot = source.latest()
         props = _slider_props(snapshot)
-        if value and bounds and not props["disabled"]:
-            old_lo, old_hi = bounds
-            lo = max(props["min"], min(int(value[0]), props["max"]))
-            hi = props["max"] if int(value[1]) >= old_hi else max(lo, min(int(value[1]), props["max"]))
-            if int(value[0]) <= old_lo:
-                lo = props["min"]
-            props["value"] = [lo, hi]
+        props["value"] = _kept_range(props, value, bounds)
         options = _element_options(snapshot)
         known = {o["value"] for o in options}
         chosen = [e for e in (chosen or []) if e in known] or (F.default_elements(snapshot) if snapshot else [])
@@ -513,6 +547,10 @@ def create_app(source: SnapshotSource) -> Dash:
             props["min"], props["max"], props["marks"], props["value"], props["disabled"], [props["min"], props["max"]],
             options, chosen, options, _summary(source), _freshness(source),
         )  # fmt: skip
+
+
+def _range_callbacks(app: Dash, current: Callable[[], Drawings]) -> None:
+    """The figures that follow the generation range alone (and the periodic table's mode)."""
 
     @app.callback(
         Output("periodic-table", "figure"),
@@ -533,6 +571,15 @@ def create_app(source: SnapshotSource) -> Dash:
     def per_generation(_, value):
         draw = current()
         return draw.per_generation(*draw.span(value))
+
+    @app.callback(Output("probe-errors", "figure"), Input("version", "data"), Input("gen-range", "value"))
+    def probe_errors(_, value):
+        draw = current()
+        return draw(F.probe_error_figure, *draw.span(value))
+
+
+def _choice_callbacks(app: Dash, current: Callable[[], Drawings]) -> None:
+    """The figures that also follow a choice of their own (elements, error set)."""
 
     @app.callback(
         Output("element-growth", "figure"),
@@ -560,8 +607,6 @@ def create_app(source: SnapshotSource) -> Dash:
         draw = current()
         first, last = draw.span(value)
         return draw(F.element_error_figure, first, last, which or "model")
-
-    return app
 
 
 # ------------------------------------------------------------------------ server

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Mapping, Optional
 
+import plotly.colors
 import plotly.graph_objects as go
 from ase.data import atomic_numbers, chemical_symbols
 from plotly.subplots import make_subplots
@@ -193,6 +195,91 @@ def table_position(z: int) -> tuple[int, int]:
 TABLE_ROWS, TABLE_COLUMNS = 8, 18
 
 
+@dataclass(frozen=True)
+class _LogScale:
+    """The colour range of a count heat map: log10 of the smallest and largest non-zero
+    counts (at least one decade apart), and the value drawn for zero, a grey band below."""
+
+    nonzero: tuple[int, ...]
+    lo: float
+    hi: float
+    zero_z: float
+
+    @classmethod
+    def of(cls, counts: Mapping[str, int]) -> "_LogScale":
+        nonzero = tuple(n for symbol, n in counts.items() if n > 0 and atomic_numbers.get(symbol, 999) <= MAX_SUPPORTED_Z)
+        hi = math.log10(max(nonzero)) if nonzero else 1.0
+        lo = min(math.log10(min(nonzero)) if nonzero else 0.0, hi - 1.0)
+        return cls(nonzero=nonzero, lo=lo, hi=hi, zero_z=lo - 0.12 / 0.88 * (hi - lo))
+
+
+@dataclass
+class _TableCells:
+    """The heat map's grids (rows × columns of the table) and the plain symbols drawn on it."""
+
+    z: list = field(default_factory=lambda: [[None] * TABLE_COLUMNS for _ in range(TABLE_ROWS)])
+    text: list = field(default_factory=lambda: [[""] * TABLE_COLUMNS for _ in range(TABLE_ROWS)])
+    custom: list = field(default_factory=lambda: [[None] * TABLE_COLUMNS for _ in range(TABLE_ROWS)])
+    #: (row, column, symbol, colour) of cells without a value (unsupported, or nothing attempted).
+    annotations: list = field(default_factory=list)
+
+
+def _table_cells(labels: Mapping[str, int], failures: Mapping[str, int], mode: str, zero_z: float) -> _TableCells:
+    cells = _TableCells()
+    for z in range(1, TABLE_LAST_Z + 1):
+        symbol = chemical_symbols[z]
+        row, col = table_position(z)
+        n_labels, n_failures = labels.get(symbol, 0), failures.get(symbol, 0)
+        cells.custom[row][col] = [symbol, z, n_labels, n_failures]
+        if z > MAX_SUPPORTED_Z:
+            cells.annotations.append((row, col, symbol, "#bbbbbb"))
+            continue
+        if mode == "failure_rate":
+            attempted = n_labels + n_failures
+            if attempted == 0:
+                cells.annotations.append((row, col, symbol, "#999999"))
+                continue
+            cells.z[row][col] = n_failures / attempted
+            cells.text[row][col] = f"<b>{symbol}</b><br>{100 * n_failures / attempted:.0f}%"
+        else:
+            n = n_labels if mode == "labelled" else n_failures
+            cells.z[row][col] = math.log10(n) if n > 0 else zero_z
+            cells.text[row][col] = f"<b>{symbol}</b><br>{short(n)}" if n else f"<b>{symbol}</b>"
+    return cells
+
+
+def _table_colours(mode: str, scale: _LogScale) -> tuple[list, dict, float, float]:
+    """(colour scale, colour bar, zmin, zmax) of the periodic table in ``mode``."""
+    if mode == "failure_rate":
+        colorscale = [[0, "#f7fcf5"], [0.1, "#fee08b"], [0.3, "#fc8d59"], [1, "#b2182b"]]
+        return colorscale, dict(title="failed", tickformat=".0%", thickness=14), 0.0, 1.0
+    nonzero, lo, hi, zero_z = scale.nonzero, scale.lo, scale.hi, scale.zero_z
+    base = ["#deebf7", "#9ecae1", "#4292c6", "#08519c"] if mode == "labelled" else ["#fee0d2", "#fc9272", "#de2d26", "#a50f15"]
+    colorscale = [[0, "#eeeeee"], [0.12, "#eeeeee"], [0.12, base[0]]]
+    colorscale += [[0.12 + 0.88 * f, c] for f, c in zip((0.33, 0.66, 1.0), base[1:])]
+    ticks = [(zero_z, "0")]
+    if nonzero:
+        ticks.append((math.log10(min(nonzero)), short(min(nonzero))))
+        ticks += [(t, short(10**t)) for t in range(math.ceil(lo), math.floor(hi) + 1)]
+        ticks.append((hi, short(max(nonzero))))
+    kept = []
+    for value, label in sorted(ticks):  # drop labels that would overlap
+        if not kept or value - kept[-1][0] > 0.07 * (hi - zero_z):
+            kept.append((value, label))
+    colorbar = dict(title=mode, tickvals=[v for v, _ in kept], ticktext=[t for _, t in kept], thickness=14)
+    return colorscale, colorbar, zero_z, hi
+
+
+def _table_title(snapshot: Snapshot, first: Optional[int], last: Optional[int], imported: bool, mode: str) -> str:
+    span = _range_text(first, last, snapshot)
+    what = {"labelled": "Labelled frames", "failures": "DFT failures", "failure_rate": "DFT failure rate"}[mode]
+    if not snapshot.generation_numbers:
+        span = "imported data" if imported else "no generations yet"
+    elif imported:
+        span += " + imported"
+    return f"{what} per element — {span}"
+
+
 def periodic_table_figure(
     snapshot: Snapshot,
     first: Optional[int] = None,
@@ -208,88 +295,25 @@ def periodic_table_figure(
     """
     labels = snapshot.element_totals("labels", first, last, imported)
     failures = snapshot.element_totals("failures", first, last, imported)
-    z_grid = [[None] * TABLE_COLUMNS for _ in range(TABLE_ROWS)]
-    text = [[""] * TABLE_COLUMNS for _ in range(TABLE_ROWS)]
-    custom = [[None] * TABLE_COLUMNS for _ in range(TABLE_ROWS)]
-    annotations = []
-    shown = labels if mode == "labelled" else failures
-    nonzero = [n for symbol, n in shown.items() if n > 0 and atomic_numbers.get(symbol, 999) <= MAX_SUPPORTED_Z]
-    # Colour spans the counts present (at least one decade, log scale); zero is a grey band below.
-    hi = math.log10(max(nonzero)) if nonzero else 1.0
-    lo = min(math.log10(min(nonzero)) if nonzero else 0.0, hi - 1.0)
-    zero_z = lo - 0.12 / 0.88 * (hi - lo)
-    for z in range(1, TABLE_LAST_Z + 1):
-        symbol = chemical_symbols[z]
-        row, col = table_position(z)
-        n_labels, n_failures = labels.get(symbol, 0), failures.get(symbol, 0)
-        custom[row][col] = [symbol, z, n_labels, n_failures]
-        if z > MAX_SUPPORTED_Z:
-            annotations.append((row, col, symbol, "#bbbbbb"))
-            continue
-        if mode == "failure_rate":
-            attempted = n_labels + n_failures
-            if attempted == 0:
-                annotations.append((row, col, symbol, "#999999"))
-                continue
-            z_grid[row][col] = n_failures / attempted
-            text[row][col] = f"<b>{symbol}</b><br>{100 * n_failures / attempted:.0f}%"
-        else:
-            n = n_labels if mode == "labelled" else n_failures
-            z_grid[row][col] = math.log10(n) if n > 0 else zero_z
-            text[row][col] = f"<b>{symbol}</b><br>{short(n)}" if n else f"<b>{symbol}</b>"
+    scale = _LogScale.of(labels if mode == "labelled" else failures)
+    cells = _table_cells(labels, failures, mode, scale.zero_z)
+    colorscale, colorbar, zmin, zmax = _table_colours(mode, scale)
     hover = (
         "<b>%{customdata[0]}</b> (Z=%{customdata[1]})<br>labelled: %{customdata[2]:,}"
         "<br>failures: %{customdata[3]:,}<extra></extra>"
     )
-    if mode == "failure_rate":
-        colorscale = [[0, "#f7fcf5"], [0.1, "#fee08b"], [0.3, "#fc8d59"], [1, "#b2182b"]]
-        colorbar = dict(title="failed", tickformat=".0%", thickness=14)
-        zmin, zmax = 0.0, 1.0
-    else:
-        base = ["#deebf7", "#9ecae1", "#4292c6", "#08519c"] if mode == "labelled" else ["#fee0d2", "#fc9272", "#de2d26", "#a50f15"]
-        colorscale = [[0, "#eeeeee"], [0.12, "#eeeeee"], [0.12, base[0]]]
-        colorscale += [[0.12 + 0.88 * f, c] for f, c in zip((0.33, 0.66, 1.0), base[1:])]
-        ticks = [(zero_z, "0")]
-        if nonzero:
-            ticks.append((math.log10(min(nonzero)), short(min(nonzero))))
-            ticks += [(t, short(10**t)) for t in range(math.ceil(lo), math.floor(hi) + 1)]
-            ticks.append((hi, short(max(nonzero))))
-        kept = []
-        for value, label in sorted(ticks):  # drop labels that would overlap
-            if not kept or value - kept[-1][0] > 0.07 * (hi - zero_z):
-                kept.append((value, label))
-        colorbar = dict(title=mode, tickvals=[v for v, _ in kept], ticktext=[t for _, t in kept], thickness=14)
-        zmin, zmax = zero_z, hi
     fig = go.Figure(
         go.Heatmap(
-            z=z_grid,
-            text=text,
-            texttemplate="%{text}",
-            textfont=dict(size=11),
-            customdata=custom,
-            hovertemplate=hover,
-            hoverongaps=False,
-            colorscale=colorscale,
-            zmin=zmin,
-            zmax=zmax,
-            colorbar=colorbar,
-            xgap=2,
-            ygap=2,
-            name=mode,
+            z=cells.z, text=cells.text, texttemplate="%{text}", textfont=dict(size=11), customdata=cells.custom,
+            hovertemplate=hover, hoverongaps=False, colorscale=colorscale, zmin=zmin, zmax=zmax, colorbar=colorbar,
+            xgap=2, ygap=2, name=mode,
         )
-    )
-    for row, col, symbol, color in annotations:
+    )  # fmt: skip
+    for row, col, symbol, color in cells.annotations:
         fig.add_annotation(x=col, y=row, text=symbol, showarrow=False, font=dict(size=11, color=color))
     fig.update_xaxes(visible=False, range=[-0.5, TABLE_COLUMNS - 0.5], constrain="domain")
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain")
-    span = _range_text(first, last, snapshot)
-    what = {"labelled": "Labelled frames", "failures": "DFT failures", "failure_rate": "DFT failure rate"}[mode]
-    if not snapshot.generation_numbers:
-        span = "imported data" if imported else "no generations yet"
-    elif imported:
-        span += " + imported"
-    title = title or f"{what} per element — {span}"
-    fig = _style(fig, title, height=470, legend=False)
+    fig = _style(fig, title or _table_title(snapshot, first, last, imported, mode), height=470, legend=False)
     fig.update_layout(margin=dict(l=10, r=10, t=45, b=10), plot_bgcolor="white")
     return fig
 
@@ -549,6 +573,72 @@ def element_error_figure(
     _generation_axis(fig, x)
     fig.update_yaxes(autorange="reversed", type="category", tickfont=dict(size=11 if len(elements) <= 40 else 9))
     return _style(fig, title, height=max(300, min(900, 120 + 16 * len(elements))), legend=False)
+
+
+#: The panel's heading (the live page and the report); the figure has its own title.
+PROBE_TITLE = "Probe sets: error versus labels"
+PROBE_FIGURE_TITLE = "Each generation's model on every probe set, against the labels it trained on"
+#: Under the probe-set panel, in the report and the live page.
+PROBE_NOTE = (
+    "Each generation's model scored on fixed, held-out probe sets (selfplay probe add) at a level of theory it "
+    "trains on; a gap is a generation that did not score that set."
+)
+
+
+def probe_rows(snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None) -> dict[str, list[dict]]:
+    """probe set -> one row per generation of the range that scored its model on probe sets
+    (``metrics.probes``): ``generation``, ``labels`` (that the model trained on),
+    ``force_mae``, ``energy_mae_per_atom``, ``frames``.
+
+    A generation that scored other probe sets but not this one gives a row of Nones: a gap
+    in the line, never a zero. Generations without ``metrics.probes`` (cold starts, or
+    before probe sets existed) give no row.
+    """
+    scored = []
+    for doc in snapshot.generations:
+        probes = (doc.get("metrics") or {}).get("probes")
+        if in_range(doc.get("number"), first, last) and isinstance(probes, Mapping):
+            scored.append((doc["number"], {k: v for k, v in probes.items() if isinstance(v, Mapping)}))
+    rows: dict[str, list[dict]] = {}
+    for name in sorted({name for _, probes in scored for name in probes}):
+        for generation, probes in scored:
+            entry = probes.get(name) or {}
+            rows.setdefault(name, []).append(
+                {
+                    "generation": generation,
+                    "labels": entry.get("trained_on_labels") if entry else None,
+                    "force_mae": entry.get("force_mae"),
+                    "energy_mae_per_atom": entry.get("energy_mae_per_atom"),
+                    "frames": entry.get("frames"),
+                }
+            )
+    return rows
+
+
+def probe_error_figure(snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None) -> go.Figure:
+    """Force MAE and energy MAE per atom of each generation's model on every probe set,
+    against the number of labels the model trained on: one line per probe set."""
+    rows = probe_rows(snapshot, first, last)
+    if not rows:
+        return empty_figure(PROBE_FIGURE_TITLE, "no model scored on a probe set yet")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("force MAE (eV/Å)", "energy MAE (meV/atom)"), horizontal_spacing=0.1)
+    palette = plotly.colors.qualitative.Plotly
+    for index, (name, points) in enumerate(rows.items()):
+        color = palette[index % len(palette)]
+        x = [p["labels"] for p in points]
+        custom = [[p["generation"], p["frames"]] for p in points]
+        for col, key, factor, unit in ((1, "force_mae", 1, "eV/Å"), (2, "energy_mae_per_atom", 1000, "meV/atom")):
+            fig.add_scatter(
+                x=x, y=[_scaled(p[key], factor) for p in points], customdata=custom, name=name, legendgroup=name,
+                showlegend=col == 1, mode="lines+markers", line=dict(color=color), connectgaps=False, row=1, col=col,
+                hovertemplate=f"{name}<br>generation %{{customdata[0]}}, %{{x:,}} labels<br>%{{y:.3f}} {unit}"
+                              f" on %{{customdata[1]}} frames<extra></extra>",
+            )  # fmt: skip
+    fig.update_xaxes(title_text="labels the model trained on", rangemode="tozero")
+    fig.update_yaxes(rangemode="tozero")
+    fig = _style(fig, PROBE_FIGURE_TITLE)
+    fig.update_layout(margin=dict(t=85), legend=dict(y=1.12))
+    return fig
 
 
 def calibration_figure(snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None) -> go.Figure:

@@ -37,7 +37,7 @@ grouping fields once per collection there and counts in Python
 
 Schema read from ``Generation`` documents
 -----------------------------------------
-Written by :mod:`pipeline.generation` (missing keys are shown as gaps, never as zeros)::
+Written by :mod:`flows.stages` (missing keys are shown as gaps, never as zeros)::
 
     number: int                      status: "pending" | "running" | "completed" | "failed"
     started_at, finished_at: datetime   error: str   prefect_flow_run_id: str   theory: str
@@ -59,6 +59,14 @@ Written by :mod:`pipeline.generation` (missing keys are shown as gaps, never as 
                      "selected_as": "candidate" | "sentinel"}, ...]   # one per labelled frame
       sigma_f_quantiles: {"q50": float, "q90": float, ...}              # of explored frames, eV/Å
                          # (no "." in keys: FerretDB rejects them; "0.5"-style keys are read too)
+      probes:   {probe set name:                       # absent on a cold start (no model)
+                 {"frames": int, "energy_mae_per_atom", "energy_rmse_per_atom": float,   # eV/atom
+                  "force_mae", "force_rmse": float,    # eV/Å
+                  "stress_mae": float | null,          # eV/Å³, null without stresses
+                  "per_element": {element: {"force_mae", "energy_mae_per_atom": float,
+                                            "n_atoms", "frames": int}},
+                  "trained_on_labels": int,            # labels the scored model trained on
+                  "model": str | null, "theory": str, "probe_set": str}}   # see pipeline.probes
 
 ``metrics.calibration`` and ``metrics.sigma_f_sample`` (and ``config``) are left out of
 the generation listing and calibration points are read for the latest generations only.

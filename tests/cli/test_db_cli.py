@@ -27,7 +27,7 @@ def test_help_lists_commands():
 
 
 def test_no_database_configured_is_a_plain_error(tmp_path):
-    result = selfplay("db", "status")
+    result = selfplay("status")
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error: no MongoDB configured")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -37,7 +37,7 @@ def test_unreachable_database(tmp_path):
     from ..conftest import free_port
 
     uri = f"mongodb://me:pw123@127.0.0.1:{free_port()}/x"
-    result = selfplay("db", "status", env={"SELFPLAY_MONGODB_URI": uri, "SELFPLAY_DB_TIMEOUT_MS": "500"})
+    result = selfplay("status", env={"SELFPLAY_MONGODB_URI": uri, "SELFPLAY_DB_TIMEOUT_MS": "500"})
     assert result.returncode == 3
     assert "cannot reach MongoDB" in result.stderr and "pw123" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1
@@ -46,7 +46,7 @@ def test_unreachable_database(tmp_path):
 def test_malformed_config(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("db_timeout_ms: soon\n")
-    result = selfplay("--config", str(config), "db", "status")
+    result = selfplay("--config", str(config), "status")
     assert result.returncode == 2
     assert "field 'db_timeout_ms'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -64,7 +64,7 @@ def test_import_status_export_against_server(server_store, tmp_path):
     assert "4 new labels" in result.stdout
     assert "bad.xyz: file is empty" in result.stdout + result.stderr
 
-    result = selfplay("db", "status", "--json", env=env)
+    result = selfplay("status", "--json", env=env)
     assert result.returncode == 0, result.stderr
     import json
 

@@ -198,3 +198,28 @@ def naive_element_counts(kind: str) -> dict:
         for element in set(build().get_chemical_symbols()):
             counts[(generation, element)] = counts.get((generation, element), 0) + 1
     return counts
+
+
+def probe_entry(force_mae: float, energy_mae_per_atom: float, labels: int, frames: int) -> dict:
+    """One ``metrics.probes`` entry as the report stage writes it (flows.stages.evaluate_probe_sets)."""
+    return {
+        "frames": frames, "energy_mae_per_atom": energy_mae_per_atom, "energy_rmse_per_atom": energy_mae_per_atom,
+        "force_mae": force_mae, "force_rmse": 1.2 * force_mae, "stress_mae": None, "stress_frames": 0,
+        "per_element": {}, "trained_on_labels": labels, "model": None, "theory": THEORY, "probe_set": "0" * 24,
+    }  # fmt: skip
+
+
+#: generation -> metrics.probes. Generation 0 is a cold start (no model: no entry at all);
+#: generation 2 scored "cells" but not "molecules" (added and removed sets look like this).
+PROBES = {
+    1: {"cells": probe_entry(0.30, 0.020, labels=3, frames=3), "molecules": probe_entry(0.20, 0.010, labels=3, frames=2)},
+    2: {"cells": probe_entry(0.15, 0.010, labels=5, frames=3)},
+}
+
+
+def add_probe_metrics() -> None:
+    """Give the generations of :func:`fill_store` the probe-set errors of :data:`PROBES`."""
+    from pipeline.documents import Generation
+
+    for number, probes in PROBES.items():
+        Generation._get_collection().update_one({"number": number}, {"$set": {"metrics.probes": probes}})

@@ -190,3 +190,38 @@ def test_first_view_needs_no_script(served, browser, store, artifacts):
     assert rows.count() == 3 and "running" in rows.nth(0).inner_text()
     page.screenshot(path=str(artifacts / f"dashboard-{store_kind(store)}-first-view.png"), full_page=True)
     context.close()
+
+
+PROBE_TRACES = (
+    "() => { const g = document.querySelector('#probe-errors .js-plotly-plot');"
+    " return g && g.data ? g.data.map(t => [t.name, t.xaxis || 'x', t.x, t.y]) : null; }"
+)
+
+
+@pytest.mark.browser
+def test_probe_panel_in_a_browser(embedded_store, browser, artifacts):
+    """Per probe set, its errors against the labels each generation's model trained on."""
+    F.fill_store()
+    F.add_probe_metrics()
+    server = DashboardServer(ReadOnlyDatabase.current(), port=0, refresh_s=3600).start()
+    try:
+        server.wait_ready()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url)
+        page.wait_for_function(f"() => {{ const t = ({PROBE_TRACES})(); return t && t.length === 4; }}", timeout=30000)
+        traces = {(name, axis): (x, y) for name, axis, x, y in page.evaluate(PROBE_TRACES)}
+        assert traces["cells", "x"] == ([3, 5], [0.3, 0.15])
+        assert traces["molecules", "x"] == ([3, None], [0.2, None])  # a gap, not a zero
+        assert traces["cells", "x2"][1] == pytest.approx([20.0, 10.0])
+        assert "Probe sets: error versus labels" in page.locator("#probe-sets h2").inner_text()
+        page.locator("#probe-sets").scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts / "dashboard-probe-sets.png"), full_page=False)
+        set_range(page, 2, 2)  # generation 2 scored "cells" only
+        page.wait_for_function(f"() => {{ const t = ({PROBE_TRACES})(); return t && t.length === 2; }}", timeout=15000)
+        assert {name for name, *_ in page.evaluate(PROBE_TRACES)} == {"cells"}
+        page.close()
+        assert errors == []
+    finally:
+        server.shutdown()

@@ -154,7 +154,7 @@ def test_empty_snapshot_draws_placeholders():
     snapshot = Snapshot(taken_at=datetime.now(timezone.utc), seconds=0.0, engine="standard", database="empty")
     for build in (F.growth_figure, F.sampler_figure, F.element_growth_figure, F.element_generation_heatmap,
                   F.selection_figure, F.model_quality_figure, F.element_error_figure, F.calibration_figure,
-                  F.dft_throughput_figure, F.dft_health_figure, F.failure_figure):  # fmt: skip
+                  F.dft_throughput_figure, F.dft_health_figure, F.failure_figure, F.probe_error_figure):  # fmt: skip
         fig = build(snapshot)
         assert not fig.data and fig.layout.annotations, build.__name__
     assert not F.wall_time_figure(snapshot).data
@@ -167,3 +167,27 @@ def test_formatting():
     assert F.short(999) == "999" and F.short(1234) == "1.2k" and F.short(2_500_000) == "2.5M" and F.short(123_456) == "123k"
     assert F.format_duration(3725) == "1 h 02 min" and F.format_duration(59) == "59 s" and F.format_duration(None) == ""
     assert [F.nice_step(r) for r in (0.3, 1, 1.5, 3, 7, 12, 30, 51)] == [1, 1, 2, 5, 10, 20, 50, 100]
+
+
+def test_probe_sets_error_versus_labels(embedded_store):
+    F_data.fill_store()
+    assert F.probe_rows(take_snapshot(ReadOnlyDatabase.current())) == {}
+    empty = F.probe_error_figure(take_snapshot(ReadOnlyDatabase.current()))
+    assert not empty.data and "no model scored on a probe set yet" in empty.layout.annotations[0].text
+    F_data.add_probe_metrics()
+    snapshot = take_snapshot(ReadOnlyDatabase.current())
+    rows = F.probe_rows(snapshot)
+    assert sorted(rows) == ["cells", "molecules"]
+    # the cold start (generation 0) has no row; generation 2 did not score "molecules": a gap, not a zero
+    assert [(r["generation"], r["labels"], r["force_mae"]) for r in rows["cells"]] == [(1, 3, 0.30), (2, 5, 0.15)]
+    assert [(r["generation"], r["labels"], r["force_mae"]) for r in rows["molecules"]] == [(1, 3, 0.20), (2, None, None)]
+    fig = F.probe_error_figure(snapshot)
+    traces = {(t.name, t.xaxis): t for t in fig.data}
+    assert sorted(traces) == [("cells", "x"), ("cells", "x2"), ("molecules", "x"), ("molecules", "x2")]
+    assert list(traces["cells", "x"].x) == [3, 5] and list(traces["cells", "x"].y) == [0.30, 0.15]
+    assert list(traces["cells", "x2"].y) == pytest.approx([20.0, 10.0])  # meV/atom
+    assert list(traces["molecules", "x"].y) == [0.20, None] and traces["molecules", "x"].connectgaps is False
+    assert [t.showlegend for t in fig.data] == [True, False, True, False]  # one legend entry per probe set
+    assert fig.layout.title.text == F.PROBE_FIGURE_TITLE
+    assert F.probe_rows(snapshot, 2, 2) == {"cells": [rows["cells"][1]]}  # sets the range scored
+    assert F.probe_rows(snapshot, 0, 0) == {}

@@ -11,7 +11,7 @@ from pipeline.dashboard.report import write_report
 from . import fixtures as F
 from .conftest import store_kind
 
-REPORT_GRAPHS = 16
+REPORT_GRAPHS = 17
 
 
 class ResourceCollector(HTMLParser):
@@ -138,3 +138,37 @@ def test_report_without_finishing_shows_the_stored_status(embedded_store, tmp_pa
     text = write_report(tmp_path / "report.html").read_text(encoding="utf-8")
     row = re.search(r'<tr data-generation="2">.*?</tr>', text).group(0)
     assert 'class="status status-running"' in row
+
+
+def plotted(text: str, div_id: str) -> list[dict]:
+    """The traces the report draws into ``div_id`` (the data of its Plotly.newPlot call)."""
+    import json
+    import re
+
+    call = re.search(rf'Plotly\.newPlot\(\s*"{re.escape(div_id)}",\s*', text)
+    return json.JSONDecoder().raw_decode(text, call.end())[0]
+
+
+def test_report_shows_probe_set_errors_versus_labels(embedded_store, tmp_path):
+    F.fill_store()
+    F.add_probe_metrics()
+    text = write_report(tmp_path / "report.html").read_text(encoding="utf-8")
+    parser = ResourceCollector()
+    parser.feed(text)
+    assert parser.graphs == REPORT_GRAPHS
+    section = text[text.index('<section id="probe-sets">') :]
+    section = section[: section.index("</section>")]
+    assert "<h2>Probe sets: error versus labels</h2>" in section and 'id="probe-errors"' in section
+    traces = {(t["name"], t.get("xaxis", "x")): t for t in plotted(text, "probe-errors")}
+    assert sorted(traces) == [("cells", "x"), ("cells", "x2"), ("molecules", "x"), ("molecules", "x2")]
+    assert traces["cells", "x"]["x"] == [3, 5] and traces["cells", "x"]["y"] == [0.3, 0.15]  # force MAE, eV/Å
+    assert traces["cells", "x2"]["y"] == pytest.approx([20.0, 10.0])  # energy MAE, meV/atom
+    # generation 2 did not score "molecules": a gap in its line, never a zero
+    assert traces["molecules", "x"]["y"] == [0.2, None] and traces["molecules", "x"]["connectgaps"] is False
+
+
+def test_report_without_probe_sets_says_so(embedded_store, tmp_path):
+    F.fill_store()
+    text = write_report(tmp_path / "report.html").read_text(encoding="utf-8")
+    assert plotted(text, "probe-errors") == []
+    assert "no model scored on a probe set yet" in text

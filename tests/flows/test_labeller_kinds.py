@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.documents import Frame, Generation, Label, ModelVersion
 from flows.stages import run_generation
+from pipeline.documents import Frame, Generation, Label, ModelVersion
 
 from .helpers import tiny_config_file
 

@@ -90,3 +90,26 @@ def test_element_references_by_least_squares():
     for z, value in true.items():
         assert refs[z] == pytest.approx(value, rel=1e-9)
     assert refs[2] == 0.0
+
+
+def test_hdf5_is_recognised_by_its_content_not_its_name(frames, tmp_path):
+    """The one reader (pipeline.frames_io) looks at the magic bytes: an HDF5 file named
+    .dat is read as HDF5."""
+    from pipeline.frames_io import is_hdf5
+
+    path = tmp_path / "frames.dat"
+    sizes = [len(a) for a in frames]
+    with h5py.File(path, "w") as f:
+        f["numbers"] = np.concatenate([a.numbers for a in frames]).astype(np.uint8)
+        f["positions"] = np.concatenate([a.positions for a in frames])
+        f["forces"] = np.concatenate([a.get_forces() for a in frames])
+        f["energy"] = [a.get_potential_energy() for a in frames]
+        f["offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    assert is_hdf5(path)
+    assert [len(a) for a in read_frames(path)] == sizes
+    text = tmp_path / "frames.extxyz"
+    write(text, frames, format="extxyz")
+    assert not is_hdf5(text)
+    (tmp_path / "empty.xyz").write_text("")
+    with pytest.raises(DataFileError, match="file is empty"):
+        read_frames(tmp_path / "empty.xyz")

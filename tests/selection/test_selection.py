@@ -247,3 +247,15 @@ def test_fingerprint_descriptors_when_frames_carry_none():
     result = select_frames([a, b, c], SelectionConfig(lo=0.1, hi=0.5))
     assert result.descriptor_source == "fingerprint"
     assert result.decisions[1].reason == "near-duplicate" and sorted(result.selected) == [0, 2]
+
+
+def test_geometry_problem_is_the_structure_validator_with_the_selection_limits():
+    from pipeline.atoms import check_atoms, structure_problem
+    from pipeline.errors import InvalidStructure
+
+    close = dimer("CuO", 0.4, sigma=None)
+    assert geometry_problem(close) == structure_problem(close, min_distance=0.0, min_covalent_ratio=0.5)
+    with pytest.raises(InvalidStructure) as error:
+        check_atoms(close, "close", min_covalent_ratio=0.5)
+    assert str(error.value) == f"close: {geometry_problem(close)}"
+    assert geometry_problem(Atoms()) == "structure has no atoms"

@@ -40,6 +40,45 @@ def test_batched_frame_documents_equal_the_single_frame_ones():
     assert "generation" not in frame_documents(frames[:1], source="s")[0]  # unset fields are left out
 
 
+def test_one_frame_builder_keeps_the_selection_fields():
+    """frame_fields is frame_documents of one frame: sigma_f, sigma_e, force_deviation and
+    selected_as survive the bulk path too (None and a NaN sigma_e are left out)."""
+    from pipeline.store import frame_documents
+
+    frames = varied_frames()[:3]
+    fields = dict(
+        sigma_f=[0.3, None, 0.1],
+        sigma_e=[0.02, 0.01, float("nan")],
+        force_deviation=[np.full(len(frames[0]), 0.3), None, np.full(len(frames[2]), 0.1)],
+        selected_as=["candidate", None, "sentinel"],
+    )
+    docs = frame_documents(frames, source="s", **fields)
+    assert docs[0]["sigma_f"] == 0.3 and docs[0]["sigma_e"] == 0.02 and docs[0]["selected_as"] == "candidate"
+    assert "sigma_f" not in docs[1] and "selected_as" not in docs[1] and "force_deviation" not in docs[1]
+    assert "sigma_e" not in docs[2] and docs[2]["selected_as"] == "sentinel"
+    for i, (atoms, doc) in enumerate(zip(frames, docs)):
+        single = frame_fields(atoms, source="s", **{key: values[i] for key, values in fields.items()})
+        assert set(single) | {"_id", "created_at"} >= set(doc)
+        for key, value in single.items():
+            assert doc.get(key) == value, key
+
+
+def test_bulk_insert_stores_the_selection_fields(store):
+    from pipeline.store import add_labelled_frames
+
+    frames = emt_dataset(2, seed=9)
+    deviation = [np.full(len(a), 0.2) for a in frames]
+    add_labelled_frames(
+        frames, labels_for(frames), theory="t", source="s",
+        sigma_f=[0.2, 0.2], sigma_e=[0.01, None], force_deviation=deviation, selected_as=["candidate", "sentinel"],
+    )
+    stored = {f.hash: f for f in Frame.objects}
+    first, second = (stored[frame_hash(a)] for a in frames)
+    assert first.sigma_f == 0.2 and first.sigma_e == 0.01 and first.selected_as == "candidate"
+    assert second.sigma_e is None and second.selected_as == "sentinel"
+    np.testing.assert_array_equal(first.to_atoms().arrays["force_deviation"], deviation[0])
+
+
 def labels_for(frames):
     return [(a.get_potential_energy(), a.get_forces(), a.calc.results.get("stress")) for a in frames]
 

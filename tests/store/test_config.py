@@ -52,3 +52,17 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_validation_message_shows_the_value_and_counts_the_rest(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("db_timeout_ms: -5\nbogus_field: 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"config {path}: field '")
+    assert "; and 1 more problem" in message and "problems" not in message
+    path.write_text("db_timeout_ms: -5\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "(got -5)" in str(error.value)

@@ -1,0 +1,112 @@
+"""``SelectionConfig.strategy``: ensemble disagreement (the default) or random picks (the baseline)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from ase import Atoms
+from pydantic import ValidationError
+
+from pipeline.errors import ConfigError
+from pipeline.hashing import frame_hash
+from pipeline.selection import SelectionConfig, select_arrays, select_frames, selection_config
+
+
+def plain(n: int) -> tuple[list[list[str]], list[str], np.ndarray]:
+    return [["Cu"]] * n, [f"h{i}" for i in range(n)], np.arange(n, dtype=float)[:, None]
+
+
+def test_default_strategy_is_uncertainty_and_unknown_ones_are_refused():
+    assert SelectionConfig().strategy == "uncertainty"
+    assert SelectionConfig(strategy="random").strategy == "random"
+    with pytest.raises(ValidationError):
+        SelectionConfig(strategy="greedy")
+    with pytest.raises(ConfigError, match="strategy"):
+        selection_config(strategy="greedy")
+
+
+def test_random_picks_ignore_sigma_and_take_every_class():
+    # 0-9 accurate, 10-19 candidates, 20-29 failed, 30-39 unscored
+    sigma = np.concatenate([np.full(10, 0.01), np.full(10, 0.2), np.full(10, 5.0), np.full(10, np.nan)])
+    config = SelectionConfig(strategy="random", max_selected=12, lo=0.05, hi=0.5)
+    result = select_arrays(sigma, *plain(40), config, seed=3)
+    assert len(result.selected) == 12 == len(set(result.selected))
+    assert all(result.decisions[i].selected_as == "candidate" for i in result.selected)
+    # classes are still recorded (the ledger), they just do not decide
+    assert [d.cls for d in result.decisions[:40:10]] == ["accurate", "candidate", "failed", "unscored"]
+    assert result.counts["selected"] == 12
+    dropped = [d for d in result.decisions if d.selected_as is None]
+    assert len(dropped) == 28 and all(d.reason == "over-cap" for d in dropped)
+    # uniform over all 40: over many seeds every class gets about a quarter of the picks
+    classes = Counter()
+    for seed in range(200):
+        picked = select_arrays(sigma, *plain(40), config, seed=seed).selected
+        classes.update(result.decisions[i].cls for i in picked)
+    assert all(abs(count / (200 * 12) - 0.25) < 0.04 for count in classes.values()), classes
+
+
+def test_random_picks_are_reproducible_by_seed():
+    sigma = np.linspace(0.06, 0.4, 50)
+    config = SelectionConfig(strategy="random", max_selected=10)
+    first = select_arrays(sigma, *plain(50), config, seed=7).selected
+    assert select_arrays(sigma, *plain(50), config, seed=7).selected == first
+    assert select_arrays(sigma, *plain(50), config, seed=8).selected != first
+
+
+def test_random_picks_still_skip_bad_geometry_and_duplicates():
+    n = 20
+    elements, hashes, descriptors = plain(n)
+    hashes[5] = hashes[4]  # an exact duplicate within the batch
+    problems = [None] * n
+    problems[0] = "atoms too close"
+    config = SelectionConfig(strategy="random", max_selected=n)
+    result = select_arrays(
+        np.full(n, 0.2), elements, hashes, descriptors, config, geometry_problems=problems, known_hashes={"h1", "h2"}
+    )
+    assert sorted(result.selected) == [3, 4] + list(range(6, n))
+    reasons = {i: result.decisions[i].reason for i in (0, 1, 2, 5)}
+    assert reasons == {0: "geometry", 1: "duplicate-known", 2: "duplicate-known", 5: "duplicate-batch"}
+
+
+def test_random_picks_take_everything_below_the_cap_and_sentinels_stay_apart():
+    sigma = np.array([0.01] * 6 + [0.2] * 2)
+    config = SelectionConfig(strategy="random", max_selected=5, sentinel_count=3)
+    result = select_arrays(sigma, *plain(8), config, seed=1)
+    assert len(result.selected) == 5
+    accurate_left = [i for i in range(6) if i not in result.selected]
+    assert len(result.sentinels) == min(3, len(accurate_left))
+    assert not set(result.selected) & set(result.sentinels)
+    assert all(result.decisions[i].cls == "accurate" for i in result.sentinels)
+    small = select_arrays(np.full(3, 0.2), *plain(3), SelectionConfig(strategy="random", max_selected=10))
+    assert sorted(small.selected) == [0, 1, 2]
+
+
+def test_random_strategy_on_frames_drops_overlapping_atoms():
+    def dimer(distance: float, sigma: float) -> Atoms:
+        atoms = Atoms("CO", positions=[[0, 0, 0], [distance, 0, 0]], cell=[10, 10, 10])
+        atoms.arrays["force_deviation"] = np.array([sigma, sigma])
+        return atoms
+
+    frames = [dimer(0.2, 0.01), dimer(1.1, 0.01), dimer(1.3, 9.0), dimer(1.5, 0.2)]
+    result = select_frames(frames, SelectionConfig(strategy="random", max_selected=10))
+    assert sorted(result.selected) == [1, 2, 3]
+    assert result.decisions[0].reason == "geometry"
+    picked = result.picked_frames(frames)
+    assert {a.info["frame_hash"] for a in picked} == {frame_hash(frames[i]) for i in (1, 2, 3)}
+    assert all(a.info["selected_as"] == "candidate" for a in picked)
+
+
+def test_uncertainty_strategy_is_unchanged_by_the_option():
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.0, 1.0, 60)
+    descriptors = rng.normal(size=(60, 4))
+    elements = [["Cu"] if i % 3 else ["Cu", "Ni"] for i in range(60)]
+    hashes = [f"h{i}" for i in range(60)]
+    base = select_arrays(sigma, elements, hashes, descriptors, SelectionConfig(max_selected=8, sentinel_count=2))
+    explicit = select_arrays(
+        sigma, elements, hashes, descriptors, SelectionConfig(strategy="uncertainty", max_selected=8, sentinel_count=2)
+    )
+    assert base.selected == explicit.selected and base.sentinels == explicit.sentinels
+    assert all(0.05 <= sigma[i] < 0.5 for i in base.selected)
