@@ -181,6 +181,31 @@ def frame_fields(
     return {"generation": None, **dict.fromkeys(_STORED), **doc}
 
 
+def stored_structure(document) -> Atoms:
+    """``ase.Atoms`` of a stored structure (a Frame or ProbeFrame: n_atoms, numbers,
+    positions, cell, pbc and hash), without its label."""
+    n = document.n_atoms
+    atoms = Atoms(
+        numbers=arrays.unpack(document.numbers, (n,), arrays.NUMBERS).astype(int),
+        positions=arrays.unpack(document.positions, (n, 3)),
+        cell=arrays.unpack(document.cell, (3, 3)),
+        pbc=list(document.pbc),
+    )
+    atoms.info["frame_hash"] = document.hash
+    return atoms
+
+
+def attach_label(atoms: Atoms, energy: float, forces, stress=None, magmoms=None) -> Atoms:
+    """Put a label on ``atoms`` as ASE results (energy = free energy: force-consistent)."""
+    results = {"energy": energy, "free_energy": energy, "forces": forces}
+    if stress is not None:
+        results["stress"] = stress
+    if magmoms is not None:
+        results["magmoms"] = magmoms
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
 class Frame(me.Document):
     hash = me.StringField(required=True, max_length=64)
     n_atoms = me.IntField(required=True, min_value=1)
@@ -221,13 +246,7 @@ class Frame(me.Document):
 
     def to_atoms(self) -> Atoms:
         n = self.n_atoms
-        atoms = Atoms(
-            numbers=arrays.unpack(self.numbers, (n,), arrays.NUMBERS).astype(int),
-            positions=arrays.unpack(self.positions, (n, 3)),
-            cell=arrays.unpack(self.cell, (3, 3)),
-            pbc=list(self.pbc),
-        )
-        atoms.info["frame_hash"] = self.hash
+        atoms = stored_structure(self)
         if self.sigma_f is not None:
             atoms.info["sigma_f"] = self.sigma_f
         if self.sigma_e is not None:
@@ -291,12 +310,7 @@ class Label(me.Document):
     def to_atoms(self, frame: Frame | None = None) -> Atoms:
         """The labelled frame as ``ase.Atoms`` with a SinglePointCalculator."""
         atoms = (frame or self.frame).to_atoms()
-        results = {"energy": self.energy, "free_energy": self.energy, "forces": self.forces_array}
-        if self.stress is not None:
-            results["stress"] = self.stress_array
-        if self.magmoms is not None:
-            results["magmoms"] = self.magmoms_array
-        atoms.calc = SinglePointCalculator(atoms, **results)
+        attach_label(atoms, self.energy, self.forces_array, self.stress_array, self.magmoms_array)
         atoms.info["theory"] = self.theory
         if self.multiplicity is not None:
             atoms.info["multiplicity"] = self.multiplicity
@@ -416,17 +430,8 @@ class ProbeFrame(me.Document):
     def to_atoms(self) -> Atoms:
         """The frame as ``ase.Atoms`` with its label in a SinglePointCalculator."""
         n = self.n_atoms
-        atoms = Atoms(
-            numbers=arrays.unpack(self.numbers, (n,), arrays.NUMBERS).astype(int),
-            positions=arrays.unpack(self.positions, (n, 3)),
-            cell=arrays.unpack(self.cell, (3, 3)),
-            pbc=list(self.pbc),
-        )
-        results = {"energy": self.energy, "free_energy": self.energy, "forces": arrays.unpack(self.forces, (n, 3))}
-        if self.stress is not None:
-            results["stress"] = arrays.unpack(self.stress, (6,))
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        atoms.info["frame_hash"] = self.hash
+        atoms = stored_structure(self)
+        attach_label(atoms, self.energy, arrays.unpack(self.forces, (n, 3)), arrays.unpack(self.stress, (6,)))
         atoms.info["probe_index"] = self.index
         return atoms
 

@@ -15,12 +15,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
 
 from pipeline import arrays
 from pipeline.atoms import symbols_to_numbers
-from pipeline.documents import Frame, Label
+from pipeline.documents import Frame, Label, attach_label
 from pipeline.errors import DataFileError, StoreError
 
 log = logging.getLogger(__name__)
@@ -51,12 +50,7 @@ class Record:
 
     def to_atoms(self) -> Atoms:
         atoms = Atoms(numbers=self.numbers.astype(int), positions=self.positions, cell=self.cell, pbc=self.pbc)
-        results = {"energy": self.energy, "free_energy": self.energy, "forces": self.forces}
-        if self.stress is not None:
-            results["stress"] = self.stress
-        if self.magmoms is not None:
-            results["magmoms"] = self.magmoms
-        atoms.calc = SinglePointCalculator(atoms, **results)
+        attach_label(atoms, self.energy, self.forces, self.stress, self.magmoms)
         atoms.info.update(frame_hash=self.frame_hash, theory=self.theory, source=self.source, smeared=self.smeared)
         if self.generation is not None:
             atoms.info["generation"] = self.generation

@@ -744,15 +744,11 @@ def dft_throughput_figure(snapshot: Snapshot, first: Optional[int] = None, last:
         means.append(timed["wall_time"] / timed["n"] if timed and timed["n"] else None)
     if not any(v is not None for v in rates + means):
         return empty_figure(title, "no DFT labels with timings yet")
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_bar(x=numbers, y=rates, name="labels per hour", marker_color=COLORS["labelled"],
-                hovertemplate="generation %{x}<br>%{y:,.1f} labels per hour<extra></extra>")  # fmt: skip
-    fig.add_scatter(x=numbers, y=means, name="mean wall time per label", mode="lines+markers", secondary_y=True,
-                    line=dict(color="#333"), hovertemplate="generation %{x}<br>%{y:,.1f} s per label<extra></extra>")  # fmt: skip
-    _generation_axis(fig, numbers)
-    fig.update_yaxes(title_text="labels per hour", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text="s per label", secondary_y=True, showgrid=False, rangemode="tozero", tickmode="auto")
-    return _style(fig, title)
+    return _bars_and_line(
+        numbers, title,
+        bars=(rates, "labels per hour", COLORS["labelled"], "%{y:,.1f} labels per hour", "labels per hour"),
+        line=(means, "mean wall time per label", "%{y:,.1f} s per label", "s per label"),
+    )  # fmt: skip
 
 
 def dft_health_figure(snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None) -> go.Figure:
@@ -767,14 +763,29 @@ def dft_health_figure(snapshot: Snapshot, first: Optional[int] = None, last: Opt
         cycles.append(scf["cycles"] / scf["n"] if scf and scf["n"] else None)
     if not any(v is not None for v in rate + cycles):
         return empty_figure(title, "no DFT results yet")
+    return _bars_and_line(
+        numbers, title,
+        bars=(rate, "failed (%)", COLORS["failures"], "%{y:.1f}% of DFT attempts failed", "failed (%)"),
+        line=(cycles, "mean SCF cycles", "%{y:.1f} SCF cycles", "SCF cycles"),
+    )  # fmt: skip
+
+
+def _bars_and_line(numbers: list[int], title: str, *, bars: tuple, line: tuple) -> go.Figure:
+    """Bars per generation on the left axis and a line on the right one.
+
+    ``bars`` = (values, name, colour, hover text, axis title); ``line`` = (values, name,
+    hover text, axis title); the hover texts follow "generation N<br>".
+    """
+    bar_values, bar_name, colour, bar_hover, bar_axis = bars
+    line_values, line_name, line_hover, line_axis = line
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_bar(x=numbers, y=rate, name="failed (%)", marker_color=COLORS["failures"],
-                hovertemplate="generation %{x}<br>%{y:.1f}% of DFT attempts failed<extra></extra>")  # fmt: skip
-    fig.add_scatter(x=numbers, y=cycles, name="mean SCF cycles", mode="lines+markers", secondary_y=True,
-                    line=dict(color="#333"), hovertemplate="generation %{x}<br>%{y:.1f} SCF cycles<extra></extra>")  # fmt: skip
+    fig.add_bar(x=numbers, y=bar_values, name=bar_name, marker_color=colour,
+                hovertemplate=f"generation %{{x}}<br>{bar_hover}<extra></extra>")  # fmt: skip
+    fig.add_scatter(x=numbers, y=line_values, name=line_name, mode="lines+markers", secondary_y=True,
+                    line=dict(color="#333"), hovertemplate=f"generation %{{x}}<br>{line_hover}<extra></extra>")  # fmt: skip
     _generation_axis(fig, numbers)
-    fig.update_yaxes(title_text="failed (%)", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text="SCF cycles", secondary_y=True, showgrid=False, rangemode="tozero", tickmode="auto")
+    fig.update_yaxes(title_text=bar_axis, secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title_text=line_axis, secondary_y=True, showgrid=False, rangemode="tozero", tickmode="auto")
     return _style(fig, title)
 
 
