@@ -112,10 +112,24 @@ def fill(db, generations: int, n_elements: int, per_generation: int, seed: int =
             base = {"frame": frame["_id"], "frame_hash": frame["hash"], "theory": "bench", "elements": frame["elements"],
                     "generation": g, "created_at": start + timedelta(hours=(g or 0))}  # fmt: skip
             if g is not None and rng.random() < 0.05:
-                failures.append({**base, "reason": FAILURE_REASONS[int(rng.integers(len(FAILURE_REASONS)))], "attempts": [{"rung": 0}]})
+                failures.append(
+                    {
+                        **base,
+                        "reason": FAILURE_REASONS[int(rng.integers(len(FAILURE_REASONS)))],
+                        "attempts": [{"rung": 0}],
+                    }
+                )
             else:
                 n = frame["n_atoms"]
-                info = {} if g is None else {"device": "gpu" if i % 2 else "cpu", "scf_cycles": int(rng.integers(8, 30)), "converged": True}
+                info = (
+                    {}
+                    if g is None
+                    else {
+                        "device": "gpu" if i % 2 else "cpu",
+                        "scf_cycles": int(rng.integers(8, 30)),
+                        "converged": True,
+                    }
+                )
                 labels.append({**base, "energy": float(rng.normal()), "forces": rng.normal(size=n * 3).tobytes(), "n_atoms": n,
                                "info": info, "wall_time": None if g is None else float(0.02 * n**2 * rng.uniform(0.5, 2))})  # fmt: skip
         db["frames"].insert_many(frames, ordered=False)
@@ -194,7 +208,9 @@ def time_first_paint(server, repeats: int, screenshot: Path | None) -> dict:
         " return g && g._fullLayout && g.querySelector('.main-svg') && g.data.length; }"
     )
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=os.environ.get("SELFPLAY_CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=os.environ.get("SELFPLAY_CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS
+        )
         for attempt in range(repeats + 1):  # the first load warms the browser's cache of the JS bundles
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             processes = browser_processes()
@@ -338,7 +354,9 @@ def first_view_benchmark(generations: int, n_elements: int, labels: int, repeat:
                 page.goto(server.url, wait_until="commit")
                 page.wait_for_function("() => 'all_drawn' in window.__marks", timeout=180000, polling=50)
                 marks = page.evaluate("() => window.__marks")
-                paints = page.evaluate("() => Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+                paints = page.evaluate(
+                    "() => Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))"
+                )
                 numbers = page.evaluate(
                     "() => Object.fromEntries([...document.querySelectorAll('#periodic-table-html [data-symbol]')]"
                     ".map(c => [c.dataset.symbol, +c.dataset.labelled]))"
@@ -362,7 +380,9 @@ def first_view_benchmark(generations: int, n_elements: int, labels: int, repeat:
                     page.goto(report.as_uri(), wait_until="commit")
                     page.wait_for_function("() => 'all_drawn' in window.__marks", timeout=180000, polling=50)
                     marks = page.evaluate("() => window.__marks")
-                    paints = page.evaluate("() => Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+                    paints = page.evaluate(
+                        "() => Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))"
+                    )
                     report_runs.append({**{k: v / 1000 for k, v in paints.items()}, **{k: v / 1000 for k, v in marks.items()},
                                         "load_average_1min": os.getloadavg()[0]})  # fmt: skip
                     page.close()
@@ -400,8 +420,9 @@ def package_version(name: str) -> str:
         return "?"
 
 
-def run_size(uri, generations, elements, per_generation, repeat, browser, screenshot_dir, database_process=None,
-             summaries=False) -> dict:
+def run_size(
+    uri, generations, elements, per_generation, repeat, browser, screenshot_dir, database_process=None, summaries=False
+) -> dict:
     import mongoengine as me
 
     from pipeline.dashboard import figures as F
@@ -446,13 +467,19 @@ def run_size(uri, generations, elements, per_generation, repeat, browser, screen
                 with_s.append(time.perf_counter() - start)
                 if database_process:
                     with_db.append(cpu_seconds([database_process]) - db_cpu)
-            result_summaries.update(snapshot_s=with_s, snapshot_database_cpu_s=with_db, summarised=len(snapshot.summarised))
+            result_summaries.update(
+                snapshot_s=with_s, snapshot_database_cpu_s=with_db, summarised=len(snapshot.summarised)
+            )
             for name in ("labels_by_element", "failures_by_element", "labels_by_source", "frames_by_source", "dft_time",
                          "scf_cycles", "wall_time_by_size", "failure_reasons", "labels_by_generation"):  # fmt: skip
                 mine, live = getattr(snapshot, name), getattr(live_snapshot, name)
                 same = mine.keys() == live.keys() and all(
-                    (abs(mine[k]["wall_time"] - live[k]["wall_time"]) < 1e-6 * max(1, abs(live[k]["wall_time"]))
-                     and mine[k]["n"] == live[k]["n"]) if isinstance(live[k], dict) and "wall_time" in live[k] else mine[k] == live[k]
+                    (
+                        abs(mine[k]["wall_time"] - live[k]["wall_time"]) < 1e-6 * max(1, abs(live[k]["wall_time"]))
+                        and mine[k]["n"] == live[k]["n"]
+                    )
+                    if isinstance(live[k], dict) and "wall_time" in live[k]
+                    else mine[k] == live[k]
                     for k in live
                 )  # sums of floats may differ in the last bits with the order of addition
                 assert same, f"summaries differ from the live aggregation in {name}"
@@ -464,7 +491,11 @@ def run_size(uri, generations, elements, per_generation, repeat, browser, screen
             F.element_growth_figure(snapshot), F.element_generation_heatmap(snapshot), F.selection_figure(snapshot)
             F.model_quality_figure(snapshot), F.element_error_figure(snapshot), F.calibration_figure(snapshot)
             F.dft_throughput_figure(snapshot), F.dft_health_figure(snapshot), F.wall_time_figure(snapshot)
-            F.failure_figure(snapshot), F.generation_rows(snapshot), F.periodic_table_figure(snapshot, numbers[-1], numbers[-1])
+            (
+                F.failure_figure(snapshot),
+                F.generation_rows(snapshot),
+                F.periodic_table_figure(snapshot, numbers[-1], numbers[-1]),
+            )
         figures_s = (time.process_time() - start) / repeat
         start = time.process_time()
         html = render_report(snapshot)
@@ -504,10 +535,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--browser", action="store_true", help="also time first paint in headless Chromium")
     parser.add_argument("--screenshots", type=Path, help="directory for a full-page screenshot per size")
-    parser.add_argument("--summaries", action="store_true",
-                        help="also write per-generation summaries and time the snapshot that reads them")
-    parser.add_argument("--first-view", type=int, default=0, metavar="LABELS",
-                        help="only time first paint (first view and charts) on a synthetic snapshot of this many labels")
+    parser.add_argument(
+        "--summaries",
+        action="store_true",
+        help="also write per-generation summaries and time the snapshot that reads them",
+    )
+    parser.add_argument(
+        "--first-view",
+        type=int,
+        default=0,
+        metavar="LABELS",
+        help="only time first paint (first view and charts) on a synthetic snapshot of this many labels",
+    )
     parser.add_argument("--out", type=Path, help="append results to this JSON file")
     args = parser.parse_args()
     if args.first_view:

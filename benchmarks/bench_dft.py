@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "gpu", "both"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="Result JSON (default: benchmarks/results/dft_<device>.json).")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Result JSON (default: benchmarks/results/dft_<device>.json)."
+    )
     args = parser.parse_args(argv)
 
     devices = ["gpu", "cpu"] if args.device == "both" else [args.device]
@@ -136,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         for device in devices:
             row = time_one(atoms, device, args.threads)
             entry[device] = row
-            print(f"{len(atoms):4d} atoms {device}: {row['wall_s']:8.1f} s wall, {row['process_cpu_s']:8.1f} s CPU", flush=True)
+            print(
+                f"{len(atoms):4d} atoms {device}: {row['wall_s']:8.1f} s wall, {row['process_cpu_s']:8.1f} s CPU",
+                flush=True,
+            )
         if "gpu" in entry and "cpu" in entry and entry["gpu"]["ok"] and entry["cpu"]["ok"]:
             entry["speedup_gpu_over_cpu"] = round(entry["cpu"]["wall_s"] / entry["gpu"]["wall_s"], 2)
             entry["energy_difference_ev"] = entry["gpu"]["energy_ev"] - entry["cpu"]["energy_ev"]

@@ -95,8 +95,16 @@ def bench_size(
         evaluate_s = time.perf_counter() - t0
 
     config = MeltQuenchConfig(
-        t_start=1500, t_high=1500, t_end=1500, heat_steps=0, hold_steps=steps, cool_steps=0,
-        timestep_fs=1.0, frame_interval=max(1, steps), hi=None, min_covalent_ratio=0.3,
+        t_start=1500,
+        t_high=1500,
+        t_end=1500,
+        heat_steps=0,
+        hold_steps=steps,
+        cool_steps=0,
+        timestep_fs=1.0,
+        frame_interval=max(1, steps),
+        hi=None,
+        min_covalent_ratio=0.3,
     )
     driver = BatchedLangevin(ensemble, structures, config, seed=seed, evaluate_kwargs={"max_edges": max_edges})
     t0 = time.perf_counter()
@@ -165,7 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
             ensemble, n_atoms, args.trajectories, args.steps, args.seed, args.device, args.max_edges, args.bare
         )
         results["results"].append(row)
-        bare = "" if row["bare_evaluate_s"] is None else f"; bare evaluate {row['bare_evaluate_frames_per_s']:.1f} frames/s"
+        bare = (
+            ""
+            if row["bare_evaluate_s"] is None
+            else f"; bare evaluate {row['bare_evaluate_frames_per_s']:.1f} frames/s"
+        )
         print(
             f"{n_atoms:4d} atoms x {args.trajectories} trajectories: {row['seconds_per_step']:.2f} s/step, "
             f"{row['frames_scored_per_s']:.2f} frames/s ({row['atom_steps_per_s']:.0f} atom-steps/s){bare}",

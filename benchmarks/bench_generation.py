@@ -112,7 +112,17 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": environment, "arguments": vars(args) | {"config": str(args.config), "out": str(args.out)}, "generations": rows}, indent=2, default=str))
+    args.out.write_text(
+        json.dumps(
+            {
+                "environment": environment,
+                "arguments": vars(args) | {"config": str(args.config), "out": str(args.out)},
+                "generations": rows,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -215,11 +215,12 @@ def markdown(result: dict) -> str:
             + f" | {row['labelled']} | {row['dft_failed']} | {mae} | {emae} |"
         )
     if result["generations"]:
-        totals = {k: sum(r["stage_s"].get(k, 0.0) for r in result["generations"]) for k in ("train", "explore", "select", "label", "report")}
+        totals = {
+            k: sum(r["stage_s"].get(k, 0.0) for r in result["generations"])
+            for k in ("train", "explore", "select", "label", "report")
+        }
         wall = sum(r["wall_s"] for r in result["generations"])
-        lines.append(
-            f"| total | {wall:.1f} | " + " | ".join(f"{v:.1f}" for v in totals.values()) + " | | | | |"
-        )
+        lines.append(f"| total | {wall:.1f} | " + " | ".join(f"{v:.1f}" for v in totals.values()) + " | | | | |")
     return "\n".join(lines) + "\n"
 
 

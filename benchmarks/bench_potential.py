@@ -131,7 +131,9 @@ def worker_md(case: dict) -> dict:
         calc = EnsembleCalculator(ensemble)
         params = n_parameters(ensemble) // case["members"]
     atoms.calc = calc
-    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    thermalize = (
+        getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    )
     thermalize(atoms, temperature_K=300, rng=__import__("numpy").random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs, logfile=None)
     rss_before = peak_rss_mib()
@@ -186,8 +188,14 @@ def worker_train_ours(case: dict) -> dict:
 
     train, test = emt_data(0, case["n_train"]), emt_data(1000, case["n_test"])
     config = TrainConfig(
-        ensemble_size=case["members"], epochs=100_000, max_seconds=case["seconds"], patience=100_000,
-        progress=False, val_fraction=0.1, energy_weight=10.0, learning_rate=5e-3,
+        ensemble_size=case["members"],
+        epochs=100_000,
+        max_seconds=case["seconds"],
+        patience=100_000,
+        progress=False,
+        val_fraction=0.1,
+        energy_weight=10.0,
+        learning_rate=5e-3,
     )
     start = time.perf_counter()
     result = train_ensemble(train, config, model_config=our_config(), device=case["device"])
@@ -197,8 +205,13 @@ def worker_train_ours(case: dict) -> dict:
         r = result.ensemble.evaluate([atoms])[0]
         return r["energy"], r["forces"]
 
-    return {**case, "train_seconds": elapsed, "epochs": len(result.metrics), **errors(predict, test),
-            "parameters_per_member": n_parameters(result.ensemble) // case["members"]}
+    return {
+        **case,
+        "train_seconds": elapsed,
+        "epochs": len(result.metrics),
+        **errors(predict, test),
+        "parameters_per_member": n_parameters(result.ensemble) // case["members"],
+    }
 
 
 def worker_train_mace(case: dict) -> dict:
@@ -254,8 +267,13 @@ def worker_train_mace(case: dict) -> dict:
         atoms.calc = calc
         return atoms.get_potential_energy(), atoms.get_forces()
 
-    return {**case, "train_seconds": elapsed, "epochs": epochs, **errors(predict, test),
-            "parameters_per_member": n_parameters(model)}
+    return {
+        **case,
+        "train_seconds": elapsed,
+        "epochs": epochs,
+        **errors(predict, test),
+        "parameters_per_member": n_parameters(model),
+    }
 
 
 WORKERS = {"md": worker_md, "train_ours": worker_train_ours, "train_mace": worker_train_mace}
@@ -268,13 +286,16 @@ def run_case(case: dict, timeout: float) -> dict:
     try:
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", json.dumps(case)],
-            capture_output=True, text=True, timeout=timeout, env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return {**case, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     return {**case, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
 
 
@@ -287,7 +308,9 @@ def environment() -> dict:
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"),
+        "cpu": next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
+        ),
         "cpu_count": os.cpu_count(),
         "torch_threads_default": torch.get_num_threads(),
         "load_average_start": os.getloadavg(),
@@ -394,24 +417,50 @@ def main() -> None:
     models = [("ours", 1), ("ours", 4)] + ([("mace", 1)] if mace_ok else [])
     for n_atoms in args.sizes:
         for model, members in models:
-            case = {"worker": "md", "model": model, "members": members, "n_atoms": n_atoms, "device": args.device,
-                    "min_steps": args.min_steps, "min_seconds": args.min_seconds, "threads": args.threads}
+            case = {
+                "worker": "md",
+                "model": model,
+                "members": members,
+                "n_atoms": n_atoms,
+                "device": args.device,
+                "min_steps": args.min_steps,
+                "min_seconds": args.min_seconds,
+                "threads": args.threads,
+            }
             result = run_case(case, args.timeout)
             report["md"].append(result)
             print(json.dumps(result), flush=True)
     for row in report["md"]:
         if row.get("model") == "ours" and row.get("members") == 4 and "seconds_per_step" in row:
-            single = next((r for r in report["md"] if r.get("model") == "ours" and r.get("members") == 1
-                           and r.get("n_atoms") == row["n_atoms"] and "seconds_per_step" in r), None)
+            single = next(
+                (
+                    r
+                    for r in report["md"]
+                    if r.get("model") == "ours"
+                    and r.get("members") == 1
+                    and r.get("n_atoms") == row["n_atoms"]
+                    and "seconds_per_step" in r
+                ),
+                None,
+            )
             if single:
                 row["cost_relative_to_one_member"] = row["seconds_per_step"] / single["seconds_per_step"]
                 if "cpu_seconds_per_step" in row and "cpu_seconds_per_step" in single:
-                    row["cpu_cost_relative_to_one_member"] = row["cpu_seconds_per_step"] / single["cpu_seconds_per_step"]
+                    row["cpu_cost_relative_to_one_member"] = (
+                        row["cpu_seconds_per_step"] / single["cpu_seconds_per_step"]
+                    )
     if args.train_seconds > 0:
         trainers = [("train_ours", 1), ("train_ours", 4)] + ([("train_mace", 1)] if mace_ok else [])
         for worker, members in trainers:
-            case = {"worker": worker, "members": members, "seconds": args.train_seconds, "device": args.device,
-                    "n_train": args.n_train, "n_test": 40, "threads": args.threads}
+            case = {
+                "worker": worker,
+                "members": members,
+                "seconds": args.train_seconds,
+                "device": args.device,
+                "n_train": args.n_train,
+                "n_test": 40,
+                "threads": args.threads,
+            }
             result = run_case(case, args.timeout + args.train_seconds)
             report["training"].append(result)
             print(json.dumps(result), flush=True)

@@ -128,7 +128,9 @@ def same_datasets(first: Path, second: Path) -> bool:
             x, y = a[name][()], b[name][()]
             if x.dtype != y.dtype or x.shape != y.shape:
                 return False
-            if (x.tolist() if x.dtype.kind == "O" else x.tobytes()) != (y.tolist() if y.dtype.kind == "O" else y.tobytes()):
+            if (x.tolist() if x.dtype.kind == "O" else x.tobytes()) != (
+                y.tolist() if y.dtype.kind == "O" else y.tobytes()
+            ):
                 return False
     return True
 
@@ -204,8 +206,13 @@ def bench_writer(n: int, baseline, workdir: Path, repeat: int) -> dict:
         path.unlink()
     log.info(
         "writer %d frames: %d -> %d bytes (numbers %d), write %.3f -> %.3f s, bit exact %s",
-        n, result["before"]["bytes"], result["after"]["bytes"], result["after"]["payload_bytes"],
-        result["before"]["write_s"], result["after"]["write_s"], result["bit_exact"],
+        n,
+        result["before"]["bytes"],
+        result["after"]["bytes"],
+        result["after"]["payload_bytes"],
+        result["before"]["write_s"],
+        result["after"]["write_s"],
+        result["bit_exact"],
     )
     return result
 
@@ -239,8 +246,13 @@ def bench_filters(n: int, workdir: Path, repeat: int) -> dict:
                     buffer = io.BytesIO()
                     with h5py.File(buffer, "w", libver=export.LIBVER) as out:
                         out.create_dataset(
-                            "x", data=data, dtype=dtype, maxshape=(None, *data.shape[1:]),
-                            chunks=(rows, *data.shape[1:]), shuffle=shuffle, **options,
+                            "x",
+                            data=data,
+                            dtype=dtype,
+                            maxshape=(None, *data.shape[1:]),
+                            chunks=(rows, *data.shape[1:]),
+                            shuffle=shuffle,
+                            **options,
                         )
                     written["bytes"] = len(buffer.getvalue())
 
@@ -282,8 +294,12 @@ def bench_export(name: str, uri: str | None, n: int, baseline, workdir: Path, re
         for start in range(0, n, FRAMES_PER_GENERATION):  # one generation per insert
             group = frames[start : start + FRAMES_PER_GENERATION]
             add_labelled_frames(
-                [f[0] for f in group], [f[1] for f in group], theory="bench", source="md",
-                provenance=[f[2] for f in group], generation=group[0][3],
+                [f[0] for f in group],
+                [f[1] for f in group],
+                theory="bench",
+                source="md",
+                provenance=[f[2] for f in group],
+                generation=group[0][3],
                 label_generation=[group[0][3]] * len(group),
             )
         result = {"store": name, "frames": n}
@@ -342,12 +358,19 @@ def main() -> None:
         payload["writer"] = [bench_writer(int(n), baseline, workdir, args.repeat) for n in args.frames.split(",")]
         payload["filters"] = bench_filters(args.sweep_frames, workdir, args.repeat)
         sizes = [int(k) * 1024 for k in args.chunk_sizes.split(",")]
-        payload["chunks"] = {"frames": args.sweep_frames, "runs": bench_chunks(args.sweep_frames, workdir, args.repeat, sizes)}
+        payload["chunks"] = {
+            "frames": args.sweep_frames,
+            "runs": bench_chunks(args.sweep_frames, workdir, args.repeat, sizes),
+        }
         payload["export"] = []
         if args.embedded_frames:
-            payload["export"].append(bench_export("embedded (mongomock-ng)", None, args.embedded_frames, baseline, workdir, args.repeat))
+            payload["export"].append(
+                bench_export("embedded (mongomock-ng)", None, args.embedded_frames, baseline, workdir, args.repeat)
+            )
         if args.uri:
-            payload["export"].append(bench_export(args.server_name, args.uri, args.server_frames, baseline, workdir, args.repeat))
+            payload["export"].append(
+                bench_export(args.server_name, args.uri, args.server_frames, baseline, workdir, args.repeat)
+            )
     payload["meta"]["load_average_1m_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     base = DFTSettings(basis="6-31G", functional="PBE", device=args.device, time_limit=None, threads=args.threads)
-    frames = [("demo", f"demo cluster {i} ({a.get_chemical_formula()})", a) for i, a in enumerate(demo_frames(args.demo_frames))]
+    frames = [
+        ("demo", f"demo cluster {i} ({a.get_chemical_formula()})", a)
+        for i, a in enumerate(demo_frames(args.demo_frames))
+    ]
     for name in ("H2O", "CH4", "NH3", "CH3OH"):
         frames.append(("molecules", name, molecule(name)))
     cluster = metal_cluster(args.cluster_element, args.cluster_atoms)
@@ -143,7 +146,11 @@ def write_report(out: Path, rows: list[dict], args) -> None:
         "device": args.device,
         "summary": summary,
         "rows": rows,
-        "frames_planned": {"demo": args.demo_frames, "molecules": 4, "cluster": f"{args.cluster_element}{args.cluster_atoms}"},
+        "frames_planned": {
+            "demo": args.demo_frames,
+            "molecules": 4,
+            "cluster": f"{args.cluster_element}{args.cluster_atoms}",
+        },
     }
     out.write_text(json.dumps(report, indent=1))
 

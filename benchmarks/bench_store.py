@@ -289,7 +289,9 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_embedded:
-            results.append(measure("embedded (mongomock-ng)", None, args.embedded_frames, args.batch, Path(tmp), not args.no_raw))
+            results.append(
+                measure("embedded (mongomock-ng)", None, args.embedded_frames, args.batch, Path(tmp), not args.no_raw)
+            )
         if args.uri:
             results.append(measure(args.server_name, args.uri, args.frames, args.batch, Path(tmp), not args.no_raw))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -146,21 +146,31 @@ def xtb_dataset(n_frames: int, seed: int, cache_dir: Path, workers: int) -> tupl
 
     n_cells = max(1, n_frames // 5)
     configs = {
-        "cluster": RandomStructureConfig(elements=XTB_ELEMENTS, min_atoms=4, max_atoms=16, max_species=4, kind="cluster"),
-        "periodic": RandomStructureConfig(elements=XTB_ELEMENTS, min_atoms=4, max_atoms=8, max_species=4, kind="periodic"),
+        "cluster": RandomStructureConfig(
+            elements=XTB_ELEMENTS, min_atoms=4, max_atoms=16, max_species=4, kind="cluster"
+        ),
+        "periodic": RandomStructureConfig(
+            elements=XTB_ELEMENTS, min_atoms=4, max_atoms=8, max_species=4, kind="periodic"
+        ),
     }
     # no pair closer than the sum of covalent radii, looser packing: forces of a few eV/Å
     # (at the samplers' defaults, 0.75 and 0.35, their RMS is ~9 eV/Å, mostly wall repulsion)
-    configs = {k: c.model_copy(update={"min_distance_fraction": 1.0, "packing_fraction": 0.25}) for k, c in configs.items()}
+    configs = {
+        k: c.model_copy(update={"min_distance_fraction": 1.0, "packing_fraction": 0.25}) for k, c in configs.items()
+    }
     settings = XTBSettings(threads=1, time_limit=300.0)
     spec = {
-        "n_frames": n_frames, "seed": seed, "theory": settings.theory_key(),
+        "n_frames": n_frames,
+        "seed": seed,
+        "theory": settings.theory_key(),
         "configs": {k: c.model_dump() for k, c in configs.items()},
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"xtb_{key}.extxyz"
-    info = {"labeller": f"GFN2-xTB (tblite) through dft.label_frames, theory key {settings.theory_key()}",
-            "cache": str(path)}
+    info = {
+        "labeller": f"GFN2-xTB (tblite) through dft.label_frames, theory key {settings.theory_key()}",
+        "cache": str(path),
+    }
     if path.exists():
         frames = [energy_forces_only(a) for a in ase.io.read(path, index=":")]
         info.update(cached=True, label_seconds=json.loads(path.with_suffix(".json").read_text())["label_seconds"])
@@ -233,7 +243,8 @@ def _throughput(curve: list[dict], warmup: int) -> dict:
         # per second of this process's CPU time: less disturbed by other jobs on a shared machine
         "frames_per_cpu_second": frames / cpu if cpu > 0 else None,
         "seconds_per_epoch": (sum(c["train_seconds"] + c["val_seconds"] for c in measured) / len(measured))
-        if measured else None,
+        if measured
+        else None,
     }
 
 
@@ -257,9 +268,17 @@ def run_ours(frames, members: int, epochs: int, budget: float | None, args) -> d
         return out
 
     config = TrainConfig(
-        ensemble_size=members, epochs=epochs, batch_size=args.batch_size, max_seconds=budget,
-        patience=10**6, progress=False, val_fraction=args.val_fraction, seed=args.seed,
-        energy_weight=args.energy_weight, force_weight=args.force_weight, ema_decay=args.ema_decay,
+        ensemble_size=members,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        max_seconds=budget,
+        patience=10**6,
+        progress=False,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        energy_weight=args.energy_weight,
+        force_weight=args.force_weight,
+        ema_decay=args.ema_decay,
     )
     load_start, cpu_start, start = _load(), time.process_time(), time.perf_counter()
     train_module._validate = timed_validate
@@ -273,18 +292,35 @@ def run_ours(frames, members: int, epochs: int, budget: float | None, args) -> d
         clock += m.seconds
         last = i == len(result.metrics) - 1
         previous_end = cpu_marks[i - 1][1] if i else cpu_start  # the first epoch's includes the set-up
-        curve.append({
-            "epoch": m.epoch, "time": clock, "train_seconds": m.seconds - vt, "val_seconds": vt,
-            "train_cpu_seconds": cpu_marks[i][0] - previous_end,
-            "frames": result.n_train, "complete": not (last and budget is not None and clock >= budget),
-            "val_force_mae": m.val_force_mae, "val_energy_mae_per_atom": m.val_energy_mae_per_atom,
-        })
+        curve.append(
+            {
+                "epoch": m.epoch,
+                "time": clock,
+                "train_seconds": m.seconds - vt,
+                "val_seconds": vt,
+                "train_cpu_seconds": cpu_marks[i][0] - previous_end,
+                "frames": result.n_train,
+                "complete": not (last and budget is not None and clock >= budget),
+                "val_force_mae": m.val_force_mae,
+                "val_energy_mae_per_atom": m.val_energy_mae_per_atom,
+            }
+        )
     params = sum(p.numel() for p in result.ensemble.parameters()) // members
     out = {
-        "model": "ours", "members": members, "parameters_per_member": params, "epochs_limit": epochs,
-        "budget_seconds": budget, "wall_seconds": wall, "setup_seconds": wall - clock,
-        "cpu_seconds": time.process_time() - cpu_start, "load_start": load_start, "load_end": _load(),
-        "n_train": result.n_train, "n_val": result.n_val, "best_epoch": result.best_epoch, "curve": curve,
+        "model": "ours",
+        "members": members,
+        "parameters_per_member": params,
+        "epochs_limit": epochs,
+        "budget_seconds": budget,
+        "wall_seconds": wall,
+        "setup_seconds": wall - clock,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "load_start": load_start,
+        "load_end": _load(),
+        "n_train": result.n_train,
+        "n_val": result.n_val,
+        "best_epoch": result.best_epoch,
+        "curve": curve,
         "torch_threads": torch.get_num_threads(),
     }
     out.update(_throughput(curve, args.warmup_epochs))
@@ -318,15 +354,55 @@ def _write_mace_xyz(frames, path: Path) -> None:
 def mace_arguments(args, workdir: Path, seed: int) -> list[str]:
     hyper = {**MACE_DEFAULTS, **(json.loads(args.mace_settings) if args.mace_settings else {})}
     argv = [
-        "--name", "bench", "--seed", str(seed), "--work_dir", str(workdir),
-        "--train_file", str(workdir / "train.xyz"), "--valid_file", str(workdir / "valid.xyz"),
-        "--E0s", "average", "--model", "MACE", "--r_max", "5.0",
-        "--batch_size", str(args.batch_size), "--valid_batch_size", str(max(args.batch_size, 16)),
-        "--max_num_epochs", "100000", "--patience", "100000", "--eval_interval", "1",
-        "--loss", "weighted", "--energy_weight", str(args.energy_weight), "--forces_weight", str(args.force_weight),
-        "--error_table", "PerAtomMAE", "--default_dtype", "float32", "--device", args.device,
-        "--ema", "--ema_decay", str(args.ema_decay), "--energy_key", "REF_energy", "--forces_key", "REF_forces",
-        "--num_workers", "0", "--log_level", "WARNING",
+        "--name",
+        "bench",
+        "--seed",
+        str(seed),
+        "--work_dir",
+        str(workdir),
+        "--train_file",
+        str(workdir / "train.xyz"),
+        "--valid_file",
+        str(workdir / "valid.xyz"),
+        "--E0s",
+        "average",
+        "--model",
+        "MACE",
+        "--r_max",
+        "5.0",
+        "--batch_size",
+        str(args.batch_size),
+        "--valid_batch_size",
+        str(max(args.batch_size, 16)),
+        "--max_num_epochs",
+        "100000",
+        "--patience",
+        "100000",
+        "--eval_interval",
+        "1",
+        "--loss",
+        "weighted",
+        "--energy_weight",
+        str(args.energy_weight),
+        "--forces_weight",
+        str(args.force_weight),
+        "--error_table",
+        "PerAtomMAE",
+        "--default_dtype",
+        "float32",
+        "--device",
+        args.device,
+        "--ema",
+        "--ema_decay",
+        str(args.ema_decay),
+        "--energy_key",
+        "REF_energy",
+        "--forces_key",
+        "REF_forces",
+        "--num_workers",
+        "0",
+        "--log_level",
+        "WARNING",
     ]
     for name, value in hyper.items():
         argv += [f"--{name}", str(value)]
@@ -340,7 +416,7 @@ def mace_predict(model, ema, frames, device: str) -> list:
 
     from mace.calculators import MACECalculator
 
-    with (ema.average_parameters() if ema is not None else contextlib.nullcontext()):
+    with ema.average_parameters() if ema is not None else contextlib.nullcontext():
         calc = MACECalculator(models=model, device=device, default_dtype="float32")
         out = []
         for atoms in frames:
@@ -379,8 +455,14 @@ def run_mace(train, val, epochs: int, budget: float | None, args, seed: int = 0,
         frames, cut = 0, False
         for batch in kw["data_loader"]:  # MACE's train_one_epoch, plus the clock
             _, opt_metrics = mace_train.take_step(
-                model=model, loss_fn=kw["loss_fn"], batch=batch, optimizer=kw["optimizer"], ema=kw.get("ema"),
-                output_args=kw["output_args"], max_grad_norm=kw["max_grad_norm"], device=kw["device"],
+                model=model,
+                loss_fn=kw["loss_fn"],
+                batch=batch,
+                optimizer=kw["optimizer"],
+                ema=kw.get("ema"),
+                output_args=kw["output_args"],
+                max_grad_norm=kw["max_grad_norm"],
+                device=kw["device"],
             )
             opt_metrics["mode"], opt_metrics["epoch"] = "opt", kw["epoch"]
             kw["logger"].log(opt_metrics)
@@ -390,8 +472,12 @@ def run_mace(train, val, epochs: int, budget: float | None, args, seed: int = 0,
                 break
         state["epochs"] += 1
         state["train_end"] = time.perf_counter()
-        state["pending"] = {"train_seconds": state["train_end"] - now, "frames": frames, "complete": not cut,
-                            "train_cpu_seconds": time.process_time() - cpu}
+        state["pending"] = {
+            "train_seconds": state["train_end"] - now,
+            "frames": frames,
+            "complete": not cut,
+            "train_cpu_seconds": time.process_time() - cpu,
+        }
 
     original_log = mace_train.valid_err_log
 
@@ -401,9 +487,13 @@ def run_mace(train, val, epochs: int, budget: float | None, args, seed: int = 0,
         if epoch is None or state.get("pending") is None:  # MACE's evaluation before training
             return
         row = state.pop("pending")
-        row.update(epoch=state["epochs"], time=now - state["t0"], val_seconds=now - state["train_end"],
-                   val_force_mae=float(eval_metrics["mae_f"]),
-                   val_energy_mae_per_atom=float(eval_metrics["mae_e_per_atom"]))
+        row.update(
+            epoch=state["epochs"],
+            time=now - state["t0"],
+            val_seconds=now - state["train_end"],
+            val_force_mae=float(eval_metrics["mae_f"]),
+            val_energy_mae_per_atom=float(eval_metrics["mae_e_per_atom"]),
+        )
         state["curve"].append(row)
 
     patched = {"train_one_epoch": train_one_epoch, "valid_err_log": valid_err_log}
@@ -432,13 +522,23 @@ def run_mace(train, val, epochs: int, budget: float | None, args, seed: int = 0,
     curve = state["curve"]
     model = state.get("model")
     out = {
-        "model": "mace", "members": 1, "seed": seed,
+        "model": "mace",
+        "members": 1,
+        "seed": seed,
         "parameters_per_member": sum(p.numel() for p in model.parameters()) if model is not None else None,
-        "epochs_limit": epochs, "budget_seconds": budget, "wall_seconds": wall,
+        "epochs_limit": epochs,
+        "budget_seconds": budget,
+        "wall_seconds": wall,
         "setup_seconds": (state["t0"] - start) if state["t0"] else None,
-        "cpu_seconds": time.process_time() - cpu_start, "load_start": load_start, "load_end": _load(),
-        "n_train": len(train), "n_val": len(val), "curve": curve, "stopped": stopped,
-        "torch_threads": threads, "mace_argv": argv,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "load_start": load_start,
+        "load_end": _load(),
+        "n_train": len(train),
+        "n_val": len(val),
+        "curve": curve,
+        "stopped": stopped,
+        "torch_threads": threads,
+        "mace_argv": argv,
     }
     out.update(_throughput(curve, args.warmup_epochs))
     if predict and model is not None:
@@ -495,8 +595,12 @@ def analyse(dataset: dict, k: int) -> dict:
     budget = o1["budget_seconds"]
     target = 1.1 * max(best_force(o1["curve"]), best_force(m1["curve"]))
     t_o1, t_m1 = first_time_below(o1["curve"], target), first_time_below(m1["curve"], target)
-    out["time_to_target"] = {"target_force_mae": target, "ours_1": t_o1, "mace_1": t_m1,
-                             "mace_over_ours": (t_m1 / t_o1) if t_o1 and t_m1 else None}
+    out["time_to_target"] = {
+        "target_force_mae": target,
+        "ours_1": t_o1,
+        "mace_1": t_m1,
+        "mace_over_ours": (t_m1 / t_o1) if t_o1 and t_m1 else None,
+    }
     if ok and members and ok["curve"]:
         # every MACE member must reach the target: the ensemble's time is the sum of theirs
         target_k = 1.1 * max([best_force(ok["curve"])] + [best_force(r["curve"]) for r in members])
@@ -504,7 +608,10 @@ def analyse(dataset: dict, k: int) -> dict:
         t_members = [first_time_below(r["curve"], target_k) for r in members]
         t_mk = sum(t_members) if all(t is not None for t in t_members) and len(members) == k else None
         out["time_to_target_ensemble"] = {
-            "target_force_mae": target_k, f"ours_{k}": t_ok, "mace_members": t_members, f"mace_{k}": t_mk,
+            "target_force_mae": target_k,
+            f"ours_{k}": t_ok,
+            "mace_members": t_members,
+            f"mace_{k}": t_mk,
             "mace_over_ours": (t_mk / t_ok) if t_ok and t_mk else None,
         }
     equal = {}
@@ -514,9 +621,12 @@ def analyse(dataset: dict, k: int) -> dict:
             continue
         last = run["curve"][-1]  # both cut the running epoch at the budget and validate it
         equal[label] = {
-            "budget_seconds": run["budget_seconds"], "epochs": last["epoch"], "seconds": last["time"],
+            "budget_seconds": run["budget_seconds"],
+            "epochs": last["epoch"],
+            "seconds": last["time"],
             "stopped_by_epoch_limit": last["time"] < 0.95 * run["budget_seconds"],
-            "val_force_mae": last["val_force_mae"], "val_energy_mae_per_atom": last["val_energy_mae_per_atom"],
+            "val_force_mae": last["val_force_mae"],
+            "val_energy_mae_per_atom": last["val_energy_mae_per_atom"],
             "best_val_force_mae": best_force(run["curve"]),
         }
     out["equal_wall_time"] = equal
@@ -545,7 +655,9 @@ def profile_step(frames, args, members: int, steps: int = 10) -> dict:
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    chunks = [list(range(i, i + args.batch_size)) for i in range(0, len(samples) - args.batch_size + 1, args.batch_size)]
+    chunks = [
+        list(range(i, i + args.batch_size)) for i in range(0, len(samples) - args.batch_size + 1, args.batch_size)
+    ]
     chunks = (chunks * (1 + 2 * steps // max(1, len(chunks))))[: 2 * steps]
     weights = torch.ones(members, args.batch_size, device=args.device)
     sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else (lambda: None)
@@ -566,7 +678,11 @@ def profile_step(frames, args, members: int, steps: int = 10) -> dict:
         learned = atom_energy.new_zeros(members, graph.n_structures).index_add_(1, graph.batch, atom_energy)
         mark(marks)
         (grad,) = torch.autograd.grad(learned.sum(), r, create_graph=True)
-        forces = atom_energy.new_zeros(members, graph.n_nodes, 3).index_add(1, graph.src, grad).index_add(1, graph.dst, -grad)
+        forces = (
+            atom_energy.new_zeros(members, graph.n_nodes, 3)
+            .index_add(1, graph.src, grad)
+            .index_add(1, graph.dst, -grad)
+        )
         mark(marks)
         e_loss = ((learned.to(torch.float64) - batch.residual_energy) / batch.n_atoms) ** 2
         f_loss = ((forces - batch.forces) ** 2).mean()
@@ -594,7 +710,13 @@ def profile_step(frames, args, members: int, steps: int = 10) -> dict:
             step(chunk, False)
     table = []
     for ev in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]:
-        table.append({"op": ev.key, "self_cpu_ms_per_step": ev.self_cpu_time_total / 1e3 / steps, "calls_per_step": ev.count / steps})
+        table.append(
+            {
+                "op": ev.key,
+                "self_cpu_ms_per_step": ev.self_cpu_time_total / 1e3 / steps,
+                "calls_per_step": ev.count / steps,
+            }
+        )
     # the one candidate in potential/train.py: AdamW's implementation (default on CPU: a
     # Python loop over the parameter tensors; foreach and fused are one call each)
     optimizer_ms = {}
@@ -639,12 +761,19 @@ def environment(args) -> dict:
             return None
 
     info = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                    "?"),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg(),
-        "torch": torch.__version__, "ase": ase.__version__, "numpy": numpy.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "device": args.device,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
+        ),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": os.getloadavg(),
+        "torch": torch.__version__,
+        "ase": ase.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "device": args.device,
         "selfplay_commit": git("rev-parse", "HEAD"),
         "uncommitted_in_potential": (git("status", "--porcelain", "potential") or "").splitlines(),
     }
@@ -674,8 +803,11 @@ def render_markdown(report: dict) -> str:
         f"at end {env.get('load_average_end', [float('nan')])[0]:.2f}",
         f"python {env['python']}, torch {env['torch']}, ase {env['ase']}, mace {env.get('mace')}, "
         f"e3nn {env.get('e3nn', '-')}; selfplay {str(env.get('selfplay_commit'))[:10]}"
-        + (f" (uncommitted in potential/: {', '.join(env['uncommitted_in_potential'])})"
-           if env.get("uncommitted_in_potential") else ""),
+        + (
+            f" (uncommitted in potential/: {', '.join(env['uncommitted_in_potential'])})"
+            if env.get("uncommitted_in_potential")
+            else ""
+        ),
         f"Run: `{report['command']}` ({report['total_seconds']:.0f} s)",
         "",
         "## Summary (ratios > 1: ours ahead)",
@@ -688,26 +820,38 @@ def render_markdown(report: dict) -> str:
         rk = [t.get(f"ratio_{k}") for t in fps.values() if t.get(f"ratio_{k}")]
         parts = []
         if r1:
-            parts.append(f"training frames/s {min(r1):.2f}-{max(r1):.2f}x MACE's with one member, "
-                         f"{min(rk):.2f}-{max(rk):.2f}x a {k}-run MACE ensemble's with {k}")
+            parts.append(
+                f"training frames/s {min(r1):.2f}-{max(r1):.2f}x MACE's with one member, "
+                f"{min(rk):.2f}-{max(rk):.2f}x a {k}-run MACE ensemble's with {k}"
+            )
         tt, te = a.get("time_to_target") or {}, a.get("time_to_target_ensemble") or {}
         if tt:
-            parts.append(f"time to the target force MAE {_f(tt.get('mace_over_ours'), '.2f')}x shorter (one model), "
-                         f"{_f(te.get('mace_over_ours'), '.2f')}x shorter (ensembles)")
+            parts.append(
+                f"time to the target force MAE {_f(tt.get('mace_over_ours'), '.2f')}x shorter (one model), "
+                f"{_f(te.get('mace_over_ours'), '.2f')}x shorter (ensembles)"
+            )
         eq = a.get("equal_wall_time") or {}
         if eq.get("ours_1") and eq.get("mace_1"):
             ens = a.get("mace_ensemble_mean", {}).get("val_force_mae")
             parts.append(
                 f"after equal wall time validation force MAE {eq['ours_1']['val_force_mae']:.4g} vs "
                 f"{eq['mace_1']['val_force_mae']:.4g} eV/Å (one model)"
-                + (f", {eq[f'ours_{k}']['val_force_mae']:.4g} vs {ens:.4g} eV/Å (ensemble means)"
-                   if eq.get(f"ours_{k}") and ens is not None else "")
+                + (
+                    f", {eq[f'ours_{k}']['val_force_mae']:.4g} vs {ens:.4g} eV/Å (ensemble means)"
+                    if eq.get(f"ours_{k}") and ens is not None
+                    else ""
+                )
                 + f", energy MAE {1000 * eq['ours_1']['val_energy_mae_per_atom']:.0f} vs "
-                  f"{1000 * eq['mace_1']['val_energy_mae_per_atom']:.0f} meV/atom (one model)")
+                f"{1000 * eq['mace_1']['val_energy_mae_per_atom']:.0f} meV/atom (one model)"
+            )
         if not parts:
-            parts.append("ours only (MACE not run): " + ", ".join(
-                f"{rname} round {_f(t.get('ours_1_fps'))} frames/s with one member, {_f(t.get(f'ours_{k}_fps'))} with {k}"
-                for rname, t in fps.items()))
+            parts.append(
+                "ours only (MACE not run): "
+                + ", ".join(
+                    f"{rname} round {_f(t.get('ours_1_fps'))} frames/s with one member, {_f(t.get(f'ours_{k}_fps'))} with {k}"
+                    for rname, t in fps.items()
+                )
+            )
         lines.append(f"- `{name}`: " + "; ".join(parts) + ".")
     lines += [
         "",
@@ -723,18 +867,25 @@ def render_markdown(report: dict) -> str:
     ]
     for name, ds in report["datasets"].items():
         d, a = ds["data"], ds.get("analysis", {})
-        lines += [f"## Dataset `{name}`: {ds['info']['labeller']}", "",
-                  f"{d['frames']} frames ({d['periodic_frames']} periodic), {d['atoms_mean']:.1f} atoms on average "
-                  f"({d['atoms_range'][0]}-{d['atoms_range'][1]}), elements {d['elements']}, force RMS "
-                  f"{d['force_rms']:.3g} eV/Å; {ds['n_train']} training / {ds['n_val']} validation frames. "
-                  f"Parameters per member: ours {ds.get('parameters', {}).get('ours')}, MACE "
-                  f"{ds.get('parameters', {}).get('mace')}.", ""]
+        lines += [
+            f"## Dataset `{name}`: {ds['info']['labeller']}",
+            "",
+            f"{d['frames']} frames ({d['periodic_frames']} periodic), {d['atoms_mean']:.1f} atoms on average "
+            f"({d['atoms_range'][0]}-{d['atoms_range'][1]}), elements {d['elements']}, force RMS "
+            f"{d['force_rms']:.3g} eV/Å; {ds['n_train']} training / {ds['n_val']} validation frames. "
+            f"Parameters per member: ours {ds.get('parameters', {}).get('ours')}, MACE "
+            f"{ds.get('parameters', {}).get('mace')}.",
+            "",
+        ]
         if "error" in ds:
             lines += [f"error: {ds['error']}", ""]
             continue
-        lines += ["### Training throughput (frames/s of the training steps after warm-up; in brackets per CPU-second)", "",
-                  f"| round | ours 1 | MACE 1 | ours/MACE | ours {k} | MACE {k} (÷{k}) | ours {k}/MACE {k} | load (1 min) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Training throughput (frames/s of the training steps after warm-up; in brackets per CPU-second)",
+            "",
+            f"| round | ours 1 | MACE 1 | ours/MACE | ours {k} | MACE {k} (÷{k}) | ours {k}/MACE {k} | load (1 min) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for rname, t in a.get("throughput", {}).items():
             loads = ", ".join(f"{m} {v[0]:.1f}→{v[1]:.1f}" for m, v in t["load"].items())
             cell = lambda key, spec=".3g": f"{_f(t.get(key), spec)} ({_f(t.get(key + '_cpu'), spec)})"  # noqa: E731
@@ -744,35 +895,52 @@ def render_markdown(report: dict) -> str:
             )
         if "time_to_target" in a:
             tt = a["time_to_target"]
-            lines += ["", "### Time to a validation force MAE (seconds of training, validation included)", "",
-                      "| comparison | target eV/Å | ours | MACE | MACE/ours |", "|---|---|---|---|---|",
-                      f"| one model | {tt['target_force_mae']:.4g} | {_f(tt['ours_1'], '.1f', 'not reached')} | "
-                      f"{_f(tt['mace_1'], '.1f', 'not reached')} | **{_f(tt['mace_over_ours'], '.2f')}×** |"]
+            lines += [
+                "",
+                "### Time to a validation force MAE (seconds of training, validation included)",
+                "",
+                "| comparison | target eV/Å | ours | MACE | MACE/ours |",
+                "|---|---|---|---|---|",
+                f"| one model | {tt['target_force_mae']:.4g} | {_f(tt['ours_1'], '.1f', 'not reached')} | "
+                f"{_f(tt['mace_1'], '.1f', 'not reached')} | **{_f(tt['mace_over_ours'], '.2f')}×** |",
+            ]
             te = a.get("time_to_target_ensemble")
             if te:
                 lines.append(
                     f"| {k}-member ensemble | {te['target_force_mae']:.4g} | {_f(te[f'ours_{k}'], '.1f', 'not reached')} | "
-                    f"{_f(te[f'mace_{k}'], '.1f', 'not reached')} (" + " + ".join(_f(t, '.1f', '∞') for t in te['mace_members']) + ") | "
-                    f"**{_f(te['mace_over_ours'], '.2f')}×** |")
-            lines += ["", "Targets: 1.1 × the worse of the two best validation force MAEs within the budget "
-                          f"(one model: ours 1 and MACE at {a['budget_seconds']:.0f} s; ensemble: ours {k} at "
-                          f"{a['budget_seconds']:.0f} s and the {k} MACE runs at {a['budget_seconds'] / k:.0f} s each; the "
-                          "MACE ensemble's time is the sum of its runs' times).", "",
-                      f"### Validation error after equal wall time ({a['budget_seconds']:.0f} s; a MACE ensemble member "
-                      f"gets {a['budget_seconds'] / k:.0f} s)", "",
-                      "| run | budget s | epochs | seconds used | force MAE eV/Å | best force MAE eV/Å | energy MAE meV/atom |",
-                      "|---|---|---|---|---|---|---|"]
+                    f"{_f(te[f'mace_{k}'], '.1f', 'not reached')} ("
+                    + " + ".join(_f(t, ".1f", "∞") for t in te["mace_members"])
+                    + ") | "
+                    f"**{_f(te['mace_over_ours'], '.2f')}×** |"
+                )
+            lines += [
+                "",
+                "Targets: 1.1 × the worse of the two best validation force MAEs within the budget "
+                f"(one model: ours 1 and MACE at {a['budget_seconds']:.0f} s; ensemble: ours {k} at "
+                f"{a['budget_seconds']:.0f} s and the {k} MACE runs at {a['budget_seconds'] / k:.0f} s each; the "
+                "MACE ensemble's time is the sum of its runs' times).",
+                "",
+                f"### Validation error after equal wall time ({a['budget_seconds']:.0f} s; a MACE ensemble member "
+                f"gets {a['budget_seconds'] / k:.0f} s)",
+                "",
+                "| run | budget s | epochs | seconds used | force MAE eV/Å | best force MAE eV/Å | energy MAE meV/atom |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for label, row in a["equal_wall_time"].items():
                 if row is None:
                     lines.append(f"| {label} | | no epoch | | | | |")
                     continue
-                lines.append(f"| {label} | {row['budget_seconds']:.0f} | {row['epochs']} | {row['seconds']:.0f}"
-                             f"{' (epoch limit)' if row['stopped_by_epoch_limit'] else ''} | {row['val_force_mae']:.4f} | "
-                             f"{row['best_val_force_mae']:.4f} | {1000 * row['val_energy_mae_per_atom']:.2f} |")
+                lines.append(
+                    f"| {label} | {row['budget_seconds']:.0f} | {row['epochs']} | {row['seconds']:.0f}"
+                    f"{' (epoch limit)' if row['stopped_by_epoch_limit'] else ''} | {row['val_force_mae']:.4f} | "
+                    f"{row['best_val_force_mae']:.4f} | {1000 * row['val_energy_mae_per_atom']:.2f} |"
+                )
             if a.get("mace_ensemble_mean"):
                 e = a["mace_ensemble_mean"]
-                lines.append(f"| mace_{k} ensemble mean ({e['members']} runs) | {e['budget_per_member']:.0f} each | | | "
-                             f"{e['val_force_mae']:.4f} | | |")
+                lines.append(
+                    f"| mace_{k} ensemble mean ({e['members']} runs) | {e['budget_per_member']:.0f} each | | | "
+                    f"{e['val_force_mae']:.4f} | | |"
+                )
         lines.append("")
     if report.get("profile"):
         lines += ["## Profile of our training step", ""]
@@ -783,11 +951,13 @@ def render_markdown(report: dict) -> str:
                 f"edges per batch: {sum(ms.values()):.1f} ms per step = "
                 + ", ".join(f"{n} {v:.1f} ms ({100 * p['share'][n]:.0f} %)" for n, v in ms.items())
                 + f"; neighbour lists {p['neighbour_list_ms_per_frame_once']:.2f} ms per frame, once per training run; "
-                  "top operators (self CPU ms/step): "
+                "top operators (self CPU ms/step): "
                 + ", ".join(f"{o['op']} {o['self_cpu_ms_per_step']:.1f}" for o in p["top_ops"][:6])
                 + "; AdamW step alone (CPU ms): "
-                + ", ".join(f"{n} {_f(v, '.2f') if isinstance(v, float) else v}"
-                            for n, v in p.get("optimizer_step_cpu_ms", {}).items())
+                + ", ".join(
+                    f"{n} {_f(v, '.2f') if isinstance(v, float) else v}"
+                    for n, v in p.get("optimizer_step_cpu_ms", {}).items()
+                )
             )
         lines.append("")
     if report.get("notes"):
@@ -813,17 +983,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema-decay", type=float, default=0.99)
     parser.add_argument("--warmup-epochs", type=int, default=1, help="epochs left out of frames/s")
     parser.add_argument("--epochs", type=int, default=3, help="measured epochs per run of the throughput round")
-    parser.add_argument("--budget", type=float, default=80.0, help="wall seconds per run of the accuracy round (0: skip)")
+    parser.add_argument(
+        "--budget", type=float, default=80.0, help="wall seconds per run of the accuracy round (0: skip)"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both (0: torch's default); on a loaded 2-core machine 2 threads were 7-15x slower for both")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both (0: torch's default); on a loaded 2-core machine 2 threads were 7-15x slower for both",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mace-settings", help='JSON overriding MACE hyperparameters, e.g. \'{"num_channels": 32}\'')
+    parser.add_argument("--mace-settings", help="JSON overriding MACE hyperparameters, e.g. '{\"num_channels\": 32}'")
     parser.add_argument("--no-mace", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also profile our training step")
     parser.add_argument("--xtb-workers", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "selfplay-bench")
     parser.add_argument("--render", type=Path, help="only rewrite the markdown of an existing JSON result")
-    parser.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/training_<device>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON result (default benchmarks/results/training_<device>.json)"
+    )
     args = parser.parse_args(argv)
     if args.render:
         args.render.with_suffix(".md").write_text(render_markdown(json.loads(args.render.read_text())))
@@ -847,20 +1026,41 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("MACE not importable (%s): running ours only. Install: %s", env["mace"], MACE_INSTALL)
     k = args.members
     report = {
-        "environment": env, "command": "python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),
-        "settings": {n: getattr(args, n) for n in ("frames", "members", "batch_size", "val_fraction", "energy_weight",
-                                                    "force_weight", "ema_decay", "warmup_epochs", "epochs", "budget",
-                                                    "threads", "seed", "quick")},
+        "environment": env,
+        "command": "python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),
+        "settings": {
+            n: getattr(args, n)
+            for n in (
+                "frames",
+                "members",
+                "batch_size",
+                "val_fraction",
+                "energy_weight",
+                "force_weight",
+                "ema_decay",
+                "warmup_epochs",
+                "epochs",
+                "budget",
+                "threads",
+                "seed",
+                "quick",
+            )
+        },
         "mace_settings": {**MACE_DEFAULTS, **(json.loads(args.mace_settings) if args.mace_settings else {})},
-        "datasets": {}, "profile": [], "notes": list(NOTES),
+        "datasets": {},
+        "profile": [],
+        "notes": list(NOTES),
     }
     for name in args.datasets:
         if name == "xtb" and (why := xtb_available()):
             log.warning("skipping the xTB dataset: %s", why)
             report["notes"].append(f"xtb dataset skipped: {why}")
             continue
-        frames, info = emt_dataset(args.frames, args.seed) if name == "emt" else \
-            xtb_dataset(args.frames, args.seed, args.cache_dir, args.xtb_workers)
+        frames, info = (
+            emt_dataset(args.frames, args.seed)
+            if name == "emt"
+            else xtb_dataset(args.frames, args.seed, args.cache_dir, args.xtb_workers)
+        )
         train_idx, val_idx = split(len(frames), args.val_fraction, args.seed)
         train, val = [frames[i] for i in train_idx], [frames[i] for i in val_idx]
         args.val_frames = val
@@ -875,7 +1075,11 @@ def main(argv: list[str] | None = None) -> None:
             if model == "mace" and not mace_ok:
                 continue
             log.info("%s: throughput run, %s with %d member(s), %d epochs", name, model, members, epochs)
-            r = run_ours(frames, members, epochs, None, args) if model == "ours" else run_mace(train, val, epochs, None, args)
+            r = (
+                run_ours(frames, members, epochs, None, args)
+                if model == "ours"
+                else run_mace(train, val, epochs, None, args)
+            )
             rnd.append(r)
             log.info("  %.3g frames/s, load %.2f", r["frames_per_second"] or 0, r["load_end"])
         ds["rounds"]["throughput"] = rnd
@@ -900,16 +1104,23 @@ def main(argv: list[str] | None = None) -> None:
                     r = run_mace(train, val, 10**6, budget, args, seed=seed, predict=budget < args.budget)
                     r["ensemble_member"] = budget < args.budget
                 rnd.append(r)
-                log.info("  %d epochs, best force MAE %.4g, load %.2f", len(r["curve"]), best_force(r["curve"]) or -1,
-                         r["load_end"])
+                log.info(
+                    "  %d epochs, best force MAE %.4g, load %.2f",
+                    len(r["curve"]),
+                    best_force(r["curve"]) or -1,
+                    r["load_end"],
+                )
             members_forces = [r.pop("val_forces") for r in rnd if "val_forces" in r]
             if members_forces:
                 import numpy as np
 
                 mean = [np.mean(fs, axis=0) for fs in zip(*members_forces)]
                 err = np.concatenate([f - a.get_forces() for f, a in zip(mean, val)])
-                ds["mace_ensemble"] = {"members": len(members_forces), "budget_per_member": args.budget / k,
-                                       "val_force_mae": float(np.abs(err).mean())}
+                ds["mace_ensemble"] = {
+                    "members": len(members_forces),
+                    "budget_per_member": args.budget / k,
+                    "val_force_mae": float(np.abs(err).mean()),
+                }
             ds["rounds"]["accuracy"] = rnd
         params = {}
         for r in ds["rounds"]["throughput"]:

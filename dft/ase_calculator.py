@@ -206,7 +206,9 @@ def calculator_class(path: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module raises on import
-        raise ConfigError(f"calculator {path!r}: module {module_name} does not import: {describe_exception(exc)}") from None
+        raise ConfigError(
+            f"calculator {path!r}: module {module_name} does not import: {describe_exception(exc)}"
+        ) from None
     target: Any = module
     for part in class_name.split("."):
         target = getattr(target, part, None)
@@ -463,8 +465,7 @@ class ASESettings(BaseModel):
 
 
 _THEORY_MISSING = (
-    "backend 'ase' needs a theory name (theory: ..., --theory NAME), e.g. 'PBE/PAW/520eV': "
-    "labels are stored under it"
+    "backend 'ase' needs a theory name (theory: ..., --theory NAME), e.g. 'PBE/PAW/520eV': labels are stored under it"
 )
 
 
@@ -487,7 +488,9 @@ def compute_ase(
         cls, calc = _build_calculator(settings, report, workdir)
     except Exception as exc:
         log.debug("%s: constructing the calculator failed\n%s", name, traceback.format_exc())
-        return report.fail(classify_exception(exc), f"constructing {settings.calculator} failed: {describe_exception(exc)}")
+        return report.fail(
+            classify_exception(exc), f"constructing {settings.calculator} failed: {describe_exception(exc)}"
+        )
     calculated = _calculate(atoms, plan, settings, cls, calc, report, name)
     if isinstance(calculated, DFTFailure):
         return calculated

@@ -161,19 +161,22 @@ def compute_frame(
 class _Frame(FrameReport):
     """One frame's SCF work: what the ladder, the state search and the gradient share."""
 
-    def __init__(self, atoms: Atoms, settings: DFTSettings, plan: FramePlan, name: str,
-                 on_attempt: Optional[AttemptCallback]):
+    def __init__(
+        self, atoms: Atoms, settings: DFTSettings, plan: FramePlan, name: str, on_attempt: Optional[AttemptCallback]
+    ):
         super().__init__(settings, on_attempt)
         self.atoms, self.settings, self.plan, self.name = atoms, settings, plan, name
         self.device, device_note = backend.resolve_device(settings.device)
-        self.info.update({
-            "device": self.device,
-            "natoms": len(atoms),
-            "periodic": plan.periodic,
-            **{k: v for k, v in plan.state.as_dict().items() if k not in ("policy", "source", "search")},
-            "spin_policy": plan.state.policy,
-            "spin_source": plan.state.source,
-        })
+        self.info.update(
+            {
+                "device": self.device,
+                "natoms": len(atoms),
+                "periodic": plan.periodic,
+                **{k: v for k, v in plan.state.as_dict().items() if k not in ("policy", "source", "search")},
+                "spin_policy": plan.state.policy,
+                "spin_source": plan.state.source,
+            }
+        )
         if device_note:
             self.info["device_note"] = device_note
 
@@ -293,8 +296,10 @@ def _compute_frame(
         if smeared_mf is not None:
             winner = solver.reference(smeared_mf, frame.attempts[-1])
             state = spin.state_summary(
-                winner.candidate, solver.safe_moments(winner.mf),
-                "no integer-occupation state converged: smeared", solver.candidates + [winner.candidate],
+                winner.candidate,
+                solver.safe_moments(winner.mf),
+                "no integer-occupation state converged: smeared",
+                solver.candidates + [winner.candidate],
                 plan.state.policy,
             )
     if winner is None:
@@ -311,8 +316,9 @@ def search_lowest_state(frame: "_Frame", solver: "PySCFSolver", reference: Optio
         solver.candidates.append(reference.candidate)
     if not wanted:
         moments = solver.safe_moments(reference.mf)
-        return reference, spin.state_summary(reference.candidate, moments, decision, solver.candidates,
-                                             frame.plan.state.policy)
+        return reference, spin.state_summary(
+            reference.candidate, moments, decision, solver.candidates, frame.plan.state.policy
+        )
     search = spin.StateSearch(
         frame.atoms, solver, reference_spin=frame.plan.state.spin, max_states=frame.settings.spin_max_states
     )
@@ -323,8 +329,9 @@ def search_lowest_state(frame: "_Frame", solver: "PySCFSolver", reference: Optio
     if winner is None:
         return None, None
     moments = solver.safe_moments(winner.mf)
-    return winner, spin.state_summary(winner.candidate, moments, f"searched: {decision}", solver.candidates,
-                                      frame.plan.state.policy)
+    return winner, spin.state_summary(
+        winner.candidate, moments, f"searched: {decision}", solver.candidates, frame.plan.state.policy
+    )
 
 
 class PySCFSolver:
@@ -348,7 +355,8 @@ class PySCFSolver:
         energy, _, free = _energy_of(mf)
         candidate = spin.Candidate(
             name=f"2S={self.frame.plan.state.spin} {'RKS' if restricted else 'UKS'} (rung {attempt['rung']})"
-            if attempt else "reference",
+            if attempt
+            else "reference",
             spin=self.frame.plan.state.spin,
             restricted=restricted,
             guess=(attempt or {}).get("init_guess", "minao"),
@@ -359,18 +367,33 @@ class PySCFSolver:
             time_s=float((attempt or {}).get("time_s") or 0.0),
             smeared=free,
         )
-        return spin.Solution(mf=mf, energy=float(energy), candidate=candidate, rung=(attempt or {}).get("rung", "initial"))
+        return spin.Solution(
+            mf=mf, energy=float(energy), candidate=candidate, rung=(attempt or {}).get("rung", "initial")
+        )
 
-    def run(self, name: str, spin_2s: int, restricted: bool, dm0=None, guess: str = "minao",
-            free_spin: bool = False) -> Optional[spin.Solution]:
+    def run(
+        self, name: str, spin_2s: int, restricted: bool, dm0=None, guess: str = "minao", free_spin: bool = False
+    ) -> Optional[spin.Solution]:
         t0 = time.perf_counter()
         frame = self.frame
-        candidate = spin.Candidate(name=name, spin=spin_2s, restricted=restricted, guess=guess, converged=False,
-                                   energy_ev=None, smeared=self.smeared)
+        candidate = spin.Candidate(
+            name=name,
+            spin=spin_2s,
+            restricted=restricted,
+            guess=guess,
+            converged=False,
+            energy_ev=None,
+            smeared=self.smeared,
+        )
         solution = None
         try:
             _, mf, _ = backend.build_mean_field(
-                frame.atoms, self.settings, frame.plan, frame.device, spin=spin_2s, unrestricted=not restricted,
+                frame.atoms,
+                self.settings,
+                frame.plan,
+                frame.device,
+                spin=spin_2s,
+                unrestricted=not restricted,
                 share_with=frame.cpu_base if frame.device == "cpu" else None,
             )
             if self.smeared:
@@ -394,8 +417,16 @@ class PySCFSolver:
                 raise
         candidate.time_s = time.perf_counter() - t0
         self.candidates.append(candidate)
-        frame.record({"rung": f"state: {name}", "converged": candidate.converged, "energy_ev": candidate.energy_ev,
-                      "cycles": candidate.cycles, "time_s": candidate.time_s, "error": candidate.error})
+        frame.record(
+            {
+                "rung": f"state: {name}",
+                "converged": candidate.converged,
+                "energy_ev": candidate.energy_ev,
+                "cycles": candidate.cycles,
+                "time_s": candidate.time_s,
+                "error": candidate.error,
+            }
+        )
         return solution
 
     # -- analysis -----------------------------------------------------------------------
@@ -438,8 +469,9 @@ class PySCFSolver:
     def spin_moments(self, mf) -> np.ndarray:
         alpha, beta = self.dm(mf)
         overlap = self.overlap(mf)
-        return (backend.atom_populations(alpha, overlap, self.frame.system)
-                - backend.atom_populations(beta, overlap, self.frame.system))
+        return backend.atom_populations(alpha, overlap, self.frame.system) - backend.atom_populations(
+            beta, overlap, self.frame.system
+        )
 
     def safe_moments(self, mf) -> Optional[np.ndarray]:
         try:
@@ -462,8 +494,9 @@ class PySCFSolver:
 
     def overlap(self, mf=None):
         if self._overlap is None:
-            self._overlap = backend.overlap_matrix(mf if mf is not None else self.frame.base, self.frame.system,
-                                                   self.periodic)
+            self._overlap = backend.overlap_matrix(
+                mf if mf is not None else self.frame.base, self.frame.system, self.periodic
+            )
         return self._overlap
 
     def initial_density(self) -> np.ndarray:
@@ -475,8 +508,9 @@ class PySCFSolver:
         return backend.atom_populations(np.asarray(dm_total), self.overlap(), self.frame.system)
 
 
-def _finish(frame: "_Frame", converged_mf, *, state: Optional[dict], rung: str,
-            cycles: Optional[int]) -> DFTResult | DFTFailure:
+def _finish(
+    frame: "_Frame", converged_mf, *, state: Optional[dict], rung: str, cycles: Optional[int]
+) -> DFTResult | DFTFailure:
     """Forces (and stress) of the chosen solution, its analysis, the result.
 
     ``rung`` and ``cycles`` say how the chosen solution was reached: a rescue-ladder rung,
@@ -542,15 +576,19 @@ def _finish(frame: "_Frame", converged_mf, *, state: Optional[dict], rung: str,
     if frame.device == "gpu":
         _free_gpu_memory()
     return DFTResult(
-        energy=float(energy_ha) * Hartree, forces=forces, stress=stress, theory_key=frame.theory_key,
+        energy=float(energy_ha) * Hartree,
+        forces=forces,
+        stress=stress,
+        theory_key=frame.theory_key,
         info=jsonable(info),
     )
 
 
 def _is_restricted(mf, periodic: bool) -> bool:
     occupations = mf.mo_occ
-    occupations = np.asarray([backend.to_numpy(o) for o in occupations] if isinstance(occupations, list)
-                             else backend.to_numpy(occupations))
+    occupations = np.asarray(
+        [backend.to_numpy(o) for o in occupations] if isinstance(occupations, list) else backend.to_numpy(occupations)
+    )
     return occupations.ndim == (2 if periodic else 1)
 
 
@@ -569,8 +607,14 @@ def _fixed_state(frame: "_Frame", mf, restricted: bool, smeared: bool) -> dict:
     state = frame.plan.state
     s2 = _spin_square(mf, restricted)
     candidate = spin.Candidate(
-        name=f"2S={state.spin} {'RKS' if restricted else 'UKS'}", spin=state.spin, restricted=restricted,
-        guess="minao", converged=True, energy_ev=None, s2=s2, smeared=smeared,
+        name=f"2S={state.spin} {'RKS' if restricted else 'UKS'}",
+        spin=state.spin,
+        restricted=restricted,
+        guess="minao",
+        converged=True,
+        energy_ev=None,
+        s2=s2,
+        smeared=smeared,
     )
     moments = np.asarray(frame.info["magnetic_moments"]) if "magnetic_moments" in frame.info else None
     return spin.state_summary(candidate, moments, f"fixed by spin_policy={state.policy!r}", [], state.policy)

@@ -123,14 +123,18 @@ class FrameReport:
     def fail(self, kind: str, reason: str) -> DFTFailure:
         self.info["wall_time_s"] = self.elapsed()
         return DFTFailure(
-            reason=reason, kind=kind, theory_key=self.theory_key, attempts=jsonable(self.attempts),
+            reason=reason,
+            kind=kind,
+            theory_key=self.theory_key,
+            attempts=jsonable(self.attempts),
             info=jsonable(self.info),
         )
 
     def result(self, energy: float, forces: np.ndarray, stress: Optional[np.ndarray]) -> DFTResult:
         self.info["wall_time_s"] = self.elapsed()
-        return DFTResult(energy=energy, forces=forces, stress=stress, theory_key=self.theory_key,
-                         info=jsonable(self.info))
+        return DFTResult(
+            energy=energy, forces=forces, stress=stress, theory_key=self.theory_key, info=jsonable(self.info)
+        )
 
 
 def finite_label(energy: float, forces: np.ndarray, stress: Optional[np.ndarray]) -> bool:

@@ -46,7 +46,13 @@ Outcome = DFTResult | DFTFailure
 def _clean_frame(atoms: Atoms) -> Atoms:
     """A copy with only what the SCF needs (no calculator, no arrays that may not pickle)."""
     info = {k: atoms.info[k] for k in ("charge", "spin") if k in atoms.info}
-    return Atoms(numbers=atoms.numbers.copy(), positions=atoms.positions.copy(), cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy(), info=info)
+    return Atoms(
+        numbers=atoms.numbers.copy(),
+        positions=atoms.positions.copy(),
+        cell=atoms.cell.array.copy(),
+        pbc=atoms.pbc.copy(),
+        info=info,
+    )
 
 
 def _child_main(conn: Connection, atoms: Atoms, settings, plan, name: str, workdir: Optional[str] = None) -> bool:
@@ -498,7 +504,9 @@ def _progress(enabled: bool, total: int):
     return bar
 
 
-def single_point(atoms: Atoms, settings=None, *, isolate: Optional[bool] = None, workdir: Optional[Path] = None) -> Outcome:
+def single_point(
+    atoms: Atoms, settings=None, *, isolate: Optional[bool] = None, workdir: Optional[Path] = None
+) -> Outcome:
     """Energy and forces (and stress for cells) of one frame: a result or a failure.
 
     ``settings`` is any labeller kind (default :class:`DFTSettings`). Bad input raises

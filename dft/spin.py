@@ -105,8 +105,9 @@ class Solver(Protocol):
     #: Every state tried, converged or not, in order (what the label records).
     candidates: list[Candidate]
 
-    def run(self, name: str, spin: int, restricted: bool, dm0=None, guess: str = "minao",
-            free_spin: bool = False) -> Optional[Solution]: ...
+    def run(
+        self, name: str, spin: int, restricted: bool, dm0=None, guess: str = "minao", free_spin: bool = False
+    ) -> Optional[Solution]: ...
 
     def stability(self, mf) -> Optional[tuple[Any, str]]:
         """Orbitals of a lower solution and the kind of instability, or None when stable."""
@@ -394,8 +395,11 @@ def _tie_break(solution: Solution):
 def _broken_symmetry(solution: Solution) -> bool:
     """An unrestricted solution whose ⟨S²⟩ exceeds S(S+1) by half an electron pair or more."""
     candidate = solution.candidate
-    return (not candidate.restricted and candidate.s2 is not None
-            and candidate.s2 - _s2_exact(candidate.spin) > BROKEN_SYMMETRY_CONTAMINATION)
+    return (
+        not candidate.restricted
+        and candidate.s2 is not None
+        and candidate.s2 - _s2_exact(candidate.spin) > BROKEN_SYMMETRY_CONTAMINATION
+    )
 
 
 def _s2_exact(spin: int) -> float:
@@ -415,8 +419,9 @@ def _failed_candidate(name: str, source: Candidate, exc: BaseException) -> Candi
     )
 
 
-def state_summary(candidate: Candidate, moments: Optional[np.ndarray], decision: str, candidates: list[Candidate],
-                  policy: str) -> dict[str, Any]:
+def state_summary(
+    candidate: Candidate, moments: Optional[np.ndarray], decision: str, candidates: list[Candidate], policy: str
+) -> dict[str, Any]:
     """The recorded electronic state of a label."""
     expected = _s2_exact(candidate.spin)
     return {

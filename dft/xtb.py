@@ -157,9 +157,7 @@ class XTBSettings(BaseModel):
         try:
             import tblite.interface  # noqa: F401
         except ImportError as exc:
-            raise ConfigError(
-                f"backend 'xtb' needs the tblite package (pip install -e '.[xtb]'): {exc}"
-            ) from None
+            raise ConfigError(f"backend 'xtb' needs the tblite package (pip install -e '.[xtb]'): {exc}") from None
 
     def plan(self, atoms: Atoms, name: str = "frame") -> "XTBPlan":
         return plan_xtb_frame(atoms, self, name)

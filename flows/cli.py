@@ -70,7 +70,9 @@ def _main(
     from rich.logging import RichHandler
 
     level = logging.WARNING - 10 * min(verbose, 2)  # -v info, -vv debug
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+    )
     for noisy in ("pymongo", "httpx", "httpcore", "urllib3", "asyncio", "numexpr", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     State.config_path = config_file
@@ -125,7 +127,9 @@ def print_summary(summary: dict) -> None:
     for number in sorted(numbers, key=lambda n: (n is None, n or 0)):
         row = summary["per_generation"].get(number, {"frames": 0, "labels": 0, "failures": 0})
         record = generations.get(number, {})
-        stages = " ".join(f"{name}:{state}" for name, state in (record.get("stages") or {}).items() if state != "completed")
+        stages = " ".join(
+            f"{name}:{state}" for name, state in (record.get("stages") or {}).items() if state != "completed"
+        )
         table.add_row(
             "imported" if number is None else str(number),
             record.get("status", "-"),
@@ -164,7 +168,9 @@ def export(
     elements: Optional[List[str]] = typer.Option(
         None, help="Only frames made of these elements, e.g. H,C,N,O or H C N O."
     ),
-    theory: Optional[List[str]] = typer.Option(None, help="Only these level-of-theory keys, e.g. KEY1,KEY2 or KEY1 KEY2."),
+    theory: Optional[List[str]] = typer.Option(
+        None, help="Only these level-of-theory keys, e.g. KEY1,KEY2 or KEY1 KEY2."
+    ),
 ) -> None:
     """Write a snapshot of the labelled dataset (streaming)."""
     from pipeline.export import export_snapshot

@@ -92,7 +92,9 @@ class ResourcesConfig(_Section):
     dft_workers: int = Field(1, ge=1, description="DFT single points at once (one process each)")
     dft_retries: int = Field(1, ge=0, description="Prefect retries of a DFT task that crashed (not of SCF failures)")
     task_runner: str = Field("threads", pattern="^(threads|dask)$", description="threads, or dask (prefect-dask)")
-    dask_address: Optional[str] = Field(None, description="scheduler address for task_runner=dask; None = local cluster")
+    dask_address: Optional[str] = Field(
+        None, description="scheduler address for task_runner=dask; None = local cluster"
+    )
     dask_workers: int = Field(2, ge=1, description="local Dask worker processes when no address is given")
 
 
@@ -149,8 +151,11 @@ class SelfplayConfig(BaseSettings):
     def _check_samplers(self) -> "SelfplayConfig":
         explore = self.explore
         if not any(
-            (explore.random.enabled and explore.random.count, explore.melt_quench.enabled and explore.melt_quench.trajectories,
-             explore.substitution.enabled and explore.substitution.count)
+            (
+                explore.random.enabled and explore.random.count,
+                explore.melt_quench.enabled and explore.melt_quench.trajectories,
+                explore.substitution.enabled and explore.substitution.count,
+            )
         ):
             raise ValueError("every sampler is disabled or has a zero count: nothing to explore")
         return self
@@ -166,7 +171,9 @@ class SelfplayConfig(BaseSettings):
         return value
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=_yaml_file.get())
 
     def uri(self) -> str | None:

@@ -95,7 +95,9 @@ def _melt_quench(config: SelfplayConfig, number: int, model):
     starts = database_structures(round(section.from_database * section.trajectories), rng, config.elements)
     fresh = section.trajectories - len(starts)
     if fresh:
-        starts += random_structures(section.build_start(config.elements), _seed(config, number, "melt-quench-starts"), fresh)
+        starts += random_structures(
+            section.build_start(config.elements), _seed(config, number, "melt-quench-starts"), fresh
+        )
     batch = list(sample_melt_quench(model, section.build(), _seed(config, number, "melt-quench"), starts))
     stops: dict[str, int] = defaultdict(int)
     for atoms in batch:

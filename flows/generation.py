@@ -136,7 +136,9 @@ def publish_artifacts(generation: Generation) -> None:
         for element, row in sorted((generation.ledger or {}).items())
     ]
     key = f"generation-{generation.number}"
-    create_table_artifact(rows, key=f"{key}-elements", description=f"Generation {generation.number}: per-element ledger")
+    create_table_artifact(
+        rows, key=f"{key}-elements", description=f"Generation {generation.number}: per-element ledger"
+    )
     create_markdown_artifact(summary_markdown(generation), key=f"{key}-summary", description="Generation summary")
 
 

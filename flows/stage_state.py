@@ -25,9 +25,7 @@ def stage_seed(seed: int, number: int, stage: str, index: int = 0) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def open_generation(
-    stage_names: Iterable[str], config: dict, theory: str, number: Optional[int] = None
-) -> Generation:
+def open_generation(stage_names: Iterable[str], config: dict, theory: str, number: Optional[int] = None) -> Generation:
     """The generation to work on: an unfinished one (resume), else a new one after the last."""
     if number is not None:
         generation = Generation.objects(number=number).first()

@@ -86,7 +86,11 @@ def label_with_processes(config: SelfplayConfig, frames: list[Frame], progress: 
 
     atoms = [frame.to_atoms() for frame in frames]
     for index, outcome in label_frames(
-        atoms, config.dft, workers=config.resources.dft_workers, progress=progress, invalid="fail",
+        atoms,
+        config.dft,
+        workers=config.resources.dft_workers,
+        progress=progress,
+        invalid="fail",
         workdir=label_workdir(config),
     ):
         yield frames[index], outcome
@@ -249,7 +253,11 @@ def select_stage(ctx: StageContext) -> dict:
         set__ledger=store_safe(result.ledger),
         set__counts=store_safe(result.counts),
         set__thresholds={
-            "lo": result.lo, "hi": result.hi, "e_lo": result.e_lo, "e_hi": result.e_hi, "adaptive": result.adaptive
+            "lo": result.lo,
+            "hi": result.hi,
+            "e_lo": result.e_lo,
+            "e_hi": result.e_hi,
+            "adaptive": result.adaptive,
         },
         set__metrics=store_safe(metrics),
     )
@@ -263,7 +271,9 @@ def _sigma_summary(decisions, rng: np.random.Generator) -> dict:
     sample = sigma if len(sigma) <= 1000 else rng.choice(sigma, 1000, replace=False)
     summary: dict = {"sigma_f_sample": [float(s) for s in sample]}
     if len(sigma):
-        summary["sigma_f_quantiles"] = {f"q{round(q * 100)}": float(np.quantile(sigma, q)) for q in (0.1, 0.5, 0.9, 0.99)}
+        summary["sigma_f_quantiles"] = {
+            f"q{round(q * 100)}": float(np.quantile(sigma, q)) for q in (0.1, 0.5, 0.9, 0.99)
+        }
     return summary
 
 
@@ -368,7 +378,9 @@ def report_stage(ctx: StageContext, write_files: bool = True) -> dict:
     theory = config.dft.theory_key()
     labelled = generation_labelled_atoms(generation, theory)
     stats, calibration = model_errors(model, [a for a in labelled if a.info.get("selected_as") != "sentinel"])
-    sentinel_stats, sentinel_calibration = model_errors(model, [a for a in labelled if a.info.get("selected_as") == "sentinel"])
+    sentinel_stats, sentinel_calibration = model_errors(
+        model, [a for a in labelled if a.info.get("selected_as") == "sentinel"]
+    )
     element_sets = {
         column: [doc.elements for doc in document.objects(generation=generation.number, theory=theory).only("elements")]
         for column, document in zip(ledgers.LABEL_COLUMNS, (Label, Failure))
@@ -385,7 +397,9 @@ def report_stage(ctx: StageContext, write_files: bool = True) -> dict:
         metrics.pop("probes", None)  # a cold start has no model to score
     else:
         metrics["probes"] = probes
-    Generation.objects(id=generation.id).update_one(set__ledger=ledger, set__counts=counts, set__metrics=store_safe(metrics))
+    Generation.objects(id=generation.id).update_one(
+        set__ledger=ledger, set__counts=counts, set__metrics=store_safe(metrics)
+    )
     generation.reload()
     write_dashboard_summary(generation)
     files = write_outputs(config, generation) if write_files else {}
@@ -429,7 +443,9 @@ def evaluate_probe_sets(config: SelfplayConfig, generation: Generation, model) -
             }
         )
         # Kept at once (names carry no "." or "$": pipeline.probes.check_name).
-        Generation._get_collection().update_one({"_id": generation.id}, {"$set": {f"metrics.probes.{probe.name}": entry}})
+        Generation._get_collection().update_one(
+            {"_id": generation.id}, {"$set": {f"metrics.probes.{probe.name}": entry}}
+        )
         out[probe.name] = entry
     return out
 

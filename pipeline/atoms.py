@@ -97,9 +97,7 @@ def distance_problem(
     if dmin < min_distance:
         return f"atoms overlap (closest pair {dmin:.3g} Å apart, minimum {min_distance} Å)"
     if min_covalent_ratio is not None and ratio < min_covalent_ratio:
-        return (
-            f"atoms too close ({dmin:.3g} Å = {ratio:.2f} x the sum of covalent radii, minimum {min_covalent_ratio})"
-        )
+        return f"atoms too close ({dmin:.3g} Å = {ratio:.2f} x the sum of covalent radii, minimum {min_covalent_ratio})"
     return None
 
 

@@ -34,7 +34,9 @@ def pack_frames(frames: list[Atoms]) -> bytes:
         positions=np.concatenate([a.positions for a in frames]) if frames else np.zeros((0, 3)),
         cells=np.stack([a.cell.array for a in frames]) if frames else np.zeros((0, 3, 3)),
         pbc=np.stack([a.pbc for a in frames]) if frames else np.zeros((0, 3), bool),
-        force_deviation=np.concatenate([d if d is not None else np.full(len(a), np.nan) for a, d in zip(frames, deviations)])
+        force_deviation=np.concatenate(
+            [d if d is not None else np.full(len(a), np.nan) for a, d in zip(frames, deviations)]
+        )
         if frames
         else np.zeros(0),
         descriptors=descriptor_matrix,
@@ -52,7 +54,10 @@ def unpack_frames(data: bytes) -> list[Atoms]:
     for i in range(len(offsets) - 1):
         lo, hi = offsets[i], offsets[i + 1]
         atoms = Atoms(
-            numbers=archive["numbers"][lo:hi], positions=archive["positions"][lo:hi], cell=archive["cells"][i], pbc=archive["pbc"][i]
+            numbers=archive["numbers"][lo:hi],
+            positions=archive["positions"][lo:hi],
+            cell=archive["cells"][i],
+            pbc=archive["pbc"][i],
         )
         deviation = archive["force_deviation"][lo:hi]
         if not np.isnan(deviation).all():

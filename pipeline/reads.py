@@ -90,10 +90,27 @@ def label_query(
 
 #: Fields the export reads; the rest (uncertainties, timings, info) stays on the server.
 LABEL_FIELDS = {
-    "frame": 1, "theory": 1, "theory_spec": 1, "energy": 1, "forces": 1, "stress": 1, "generation": 1,
-    "magmoms": 1, "multiplicity": 1, "smeared": 1,
+    "frame": 1,
+    "theory": 1,
+    "theory_spec": 1,
+    "energy": 1,
+    "forces": 1,
+    "stress": 1,
+    "generation": 1,
+    "magmoms": 1,
+    "multiplicity": 1,
+    "smeared": 1,
 }
-FRAME_FIELDS = {"hash": 1, "n_atoms": 1, "numbers": 1, "positions": 1, "cell": 1, "pbc": 1, "source": 1, "provenance": 1}
+FRAME_FIELDS = {
+    "hash": 1,
+    "n_atoms": 1,
+    "numbers": 1,
+    "positions": 1,
+    "cell": 1,
+    "pbc": 1,
+    "source": 1,
+    "provenance": 1,
+}
 
 #: Join labels to frames by walking both collections in frame order when at least this
 #: fraction of the frames is selected; sparser selections look their frames up by _id.
@@ -207,7 +224,9 @@ class RecordBatch:
                 stress[k] = r.stress
         empty3 = np.zeros((0, 3))
         return cls(
-            numbers=np.concatenate([np.asarray(r.numbers, dtype=arrays.NUMBERS) for r in records] or [np.zeros(0, arrays.NUMBERS)]),
+            numbers=np.concatenate(
+                [np.asarray(r.numbers, dtype=arrays.NUMBERS) for r in records] or [np.zeros(0, arrays.NUMBERS)]
+            ),
             positions=np.concatenate([np.asarray(r.positions, dtype=np.float64) for r in records] or [empty3]),
             forces=np.concatenate([np.asarray(r.forces, dtype=np.float64) for r in records] or [empty3]),
             offsets=offsets,
@@ -222,8 +241,11 @@ class RecordBatch:
             source=[r.source for r in records],
             provenance=[r.provenance for r in records],
             magmoms=np.concatenate(
-                [np.full(len(r.numbers), np.nan) if r.magmoms is None else np.asarray(r.magmoms, dtype=np.float64)
-                 for r in records] or [np.zeros(0)]
+                [
+                    np.full(len(r.numbers), np.nan) if r.magmoms is None else np.asarray(r.magmoms, dtype=np.float64)
+                    for r in records
+                ]
+                or [np.zeros(0)]
             ),
             multiplicity=np.array([-1 if r.multiplicity is None else r.multiplicity for r in records], dtype=np.int16),
             smeared=np.array([r.smeared for r in records], dtype=bool),

@@ -128,7 +128,9 @@ def connect(
         except pymongo.errors.OperationFailure as exc:
             me.disconnect(alias)
             if exc.code == AUTH_FAILED or "auth" in str(exc).lower():
-                raise StoreUnavailable(f"MongoDB at {masked} rejected the credentials (authentication failed)") from None
+                raise StoreUnavailable(
+                    f"MongoDB at {masked} rejected the credentials (authentication failed)"
+                ) from None
             raise StoreUnavailable(f"MongoDB at {masked} refused the connection: {_first_line(exc)}") from None
         except pymongo.errors.PyMongoError as exc:
             me.disconnect(alias)

@@ -53,7 +53,9 @@ class TrainConfig(BaseModel):
     bootstrap: bool = Field(True, description="each member sees its own bootstrap resample of the training set")
     seed: int = 0
     max_seconds: float | None = Field(
-        None, gt=0, description="wall-time budget of the epochs (set-up not counted); the epoch running then is cut short"
+        None,
+        gt=0,
+        description="wall-time budget of the epochs (set-up not counted); the epoch running then is cut short",
     )
     max_frames: int | None = Field(None, ge=1, description="use at most this many frames (random subset)")
     progress: bool = Field(True, description="show rich progress bars")

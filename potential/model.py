@@ -69,12 +69,7 @@ def bessel_basis(r: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
 def polynomial_envelope(r: torch.Tensor, cutoff: float, p: int) -> torch.Tensor:
     """Smooth cutoff (DimeNet): 1 at r=0, value and first two derivatives 0 at r=rc."""
     d = r / cutoff
-    env = (
-        1.0
-        - (p + 1) * (p + 2) / 2.0 * d**p
-        + p * (p + 2) * d ** (p + 1)
-        - p * (p + 1) / 2.0 * d ** (p + 2)
-    )
+    env = 1.0 - (p + 1) * (p + 2) / 2.0 * d**p + p * (p + 2) * d ** (p + 1) - p * (p + 1) / 2.0 * d ** (p + 2)
     return torch.where(d < 1.0, env, torch.zeros_like(env))
 
 
@@ -245,7 +240,9 @@ class EnsemblePotential(nn.Module):
         self.embedding = nn.Parameter(torch.empty(k, N_ELEMENTS, c0))
         self.radial_in = EnsembleLinear(k, cfg.radial_basis, cfg.radial_hidden)
         self.layers = nn.ModuleList(InteractionLayer(cfg, k) for _ in range(cfg.layers))
-        self.radial_out = EnsembleLinear(k, cfg.radial_hidden, sum(layer.n_filters for layer in self.layers), bias=False)
+        self.radial_out = EnsembleLinear(
+            k, cfg.radial_hidden, sum(layer.n_filters for layer in self.layers), bias=False
+        )
         self.readout_in = EnsembleLinear(k, c0, cfg.readout_hidden)
         self.readout_out = EnsembleLinear(k, cfg.readout_hidden, 1)
         refs = np.zeros(N_ELEMENTS) if element_refs is None else np.asarray(element_refs, dtype=np.float64)
@@ -363,9 +360,7 @@ class EnsemblePotential(nn.Module):
                     per_edge = r.detach().unsqueeze(-1) * grad.unsqueeze(-2)  # r_a g_b = dE/dε_ab
                     virial = atom_energy.new_zeros(k, b, 3, 3).index_add(1, graph.edge_batch, per_edge)
                     virial = 0.5 * (virial + virial.transpose(-1, -2))
-        ref = atom_energy.new_zeros(b, dtype=torch.float64).index_add_(
-            0, graph.batch, self.element_refs[graph.numbers]
-        )
+        ref = atom_energy.new_zeros(b, dtype=torch.float64).index_add_(0, graph.batch, self.element_refs[graph.numbers])
         energy = learned.to(torch.float64) + ref.unsqueeze(0)
         counts = graph.n_atoms.to(features.dtype).clamp(min=1)
         descriptor = features.new_zeros(k, b, features.shape[-1]).index_add_(1, graph.batch, features.detach())

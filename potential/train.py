@@ -127,7 +127,9 @@ def _frame_errors(model: EnsemblePotential, batch: _Batch, create_graph: bool):
     energy_sq = ((learned - batch.residual_energy) / batch.n_atoms) ** 2
     diff = pred.forces - batch.forces
     force_sq = (diff * diff).sum(-1)  # (K, N)
-    force_sq = force_sq.new_zeros(force_sq.shape[0], batch.graph.n_structures).index_add_(1, batch.graph.batch, force_sq)
+    force_sq = force_sq.new_zeros(force_sq.shape[0], batch.graph.n_structures).index_add_(
+        1, batch.graph.batch, force_sq
+    )
     stress_sq = None
     stress_pred = None
     if batch.any_stress:
@@ -169,7 +171,9 @@ def _ema_update(ema: EnsemblePotential, model: EnsemblePotential, decay: float) 
 
 
 def _validation_batches(samples: list[_Sample], device, dtype, batch_size: int) -> list[_Batch]:
-    return [_Batch([samples[i] for i in chunk], device, dtype) for chunk in _batches(np.arange(len(samples)), batch_size)]
+    return [
+        _Batch([samples[i] for i in chunk], device, dtype) for chunk in _batches(np.arange(len(samples)), batch_size)
+    ]
 
 
 def _validate(model: EnsemblePotential, cfg: TrainConfig, batches: list[_Batch], device) -> dict:
@@ -321,7 +325,9 @@ def _training_data(frames: list[Atoms], cfg: TrainConfig, cutoff: float, rng: np
     refs = fit_element_refs([s.graph.numbers for s in train], np.array([s.labels.energy for s in train]), N_ELEMENTS)
     missing = sorted({int(z) for s in val for z in s.graph.numbers} - {int(z) for s in train for z in s.graph.numbers})
     if missing:
-        log.warning("validation frames contain elements absent from training: %s", [chemical_symbols[z] for z in missing])
+        log.warning(
+            "validation frames contain elements absent from training: %s", [chemical_symbols[z] for z in missing]
+        )
     for s in samples:
         s.residual_energy = s.labels.energy - float(refs[s.graph.numbers].sum())
     return _TrainingData(train=train, val=val, refs=refs)
@@ -483,7 +489,11 @@ def _run_epochs(
     )
     log.info(
         "training %d members on %d frames (%d validation), %d epochs, device %s",
-        training.model.n_members, len(data.train), len(data.val), cfg.epochs, training.device,
+        training.model.n_members,
+        len(data.train),
+        len(data.val),
+        cfg.epochs,
+        training.device,
     )
     with progress:
         epochs_task = progress.add_task("epochs", total=cfg.epochs)
@@ -511,7 +521,9 @@ def _run_epochs(
 def _report_epoch(row: EpochMetrics, progress, epochs_task) -> None:
     log.info(
         "epoch %d lr %.2e train %.4g val %s force MAE %s",
-        row.epoch, row.lr, row.train_loss,
+        row.epoch,
+        row.lr,
+        row.train_loss,
         f"{row.val_loss:.4g}" if row.val_loss is not None else "-",
         f"{row.val_force_mae:.4g}" if row.val_force_mae is not None else "-",
     )

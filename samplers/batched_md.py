@@ -126,7 +126,9 @@ class BatchedLangevin:
                 try:
                     results.extend(self._call([state.atoms], self.config.is_frame_step(step)))
                 except InvalidStructure as exc:
-                    state.recorder.fail(step, state.atoms, f"model refused the geometry: {exc}", state.kinetic_temperature)
+                    state.recorder.fail(
+                        step, state.atoms, f"model refused the geometry: {exc}", state.kinetic_temperature
+                    )
                     results.append(None)
         kept = []
         for state, result in zip(running, results):
@@ -156,9 +158,7 @@ class BatchedLangevin:
         active = self._evaluate(list(self.states), 0)
         for step in range(cfg.total_steps + 1):
             if cfg.is_frame_step(step):
-                active = [
-                    s for s in active if s.recorder.observe(step, s.atoms, s.result, s.kinetic_temperature)
-                ]
+                active = [s for s in active if s.recorder.observe(step, s.atoms, s.result, s.kinetic_temperature)]
             if step == cfg.total_steps or not active:
                 break
             temperature = cfg.temperature(step)

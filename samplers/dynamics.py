@@ -51,7 +51,8 @@ class MeltQuenchConfig(BaseModel):
     min_covalent_ratio: float = Field(0.5, ge=0, lt=2, description="unphysical below this x sum of covalent radii")
     max_volume_ratio: float = Field(3.0, gt=1, description="unphysical when the cell volume changes by this factor")
     driver: Literal["auto", "batched", "ase"] = Field(
-        "auto", description="batched: all trajectories through one model call per step (nvt only); auto picks it for nvt"
+        "auto",
+        description="batched: all trajectories through one model call per step (nvt only); auto picks it for nvt",
     )
     include_stop_frames: bool = Field(
         True, description="also yield each trajectory's first bad frame (tagged info['stop']) so selection counts it"
@@ -130,9 +131,9 @@ class Trajectory:
             "index": self.index,
             "parent": self.parent,
             "frames": len(self.frames),
-            "stop": None if stop is None else {
-                "reason": stop.reason, "step": stop.step, "detail": stop.detail, "sigma_f": stop.sigma_f
-            },
+            "stop": None
+            if stop is None
+            else {"reason": stop.reason, "step": stop.step, "detail": stop.detail, "sigma_f": stop.sigma_f},
         }
 
 

@@ -149,11 +149,14 @@ def run_melt_quench(
         check_atoms(structure, f"start structure {first_index + i}")
     params = config.model_dump()
     if config.ensemble == "nvt" and config.driver in ("auto", "batched"):
-        trajectories = run_batched(model, structures, config, seed, first_index=first_index, sampler=SAMPLER, params=params)
+        trajectories = run_batched(
+            model, structures, config, seed, first_index=first_index, sampler=SAMPLER, params=params
+        )
     else:
         calculator = as_calculator(model)
         trajectories = [
-            run_trajectory(calculator, s, config, seed, first_index + i, params=params) for i, s in enumerate(structures)
+            run_trajectory(calculator, s, config, seed, first_index + i, params=params)
+            for i, s in enumerate(structures)
         ]
     log.info("melt/quench: %d trajectories, stops %s", len(trajectories), stop_summary(trajectories))
     return trajectories

@@ -70,7 +70,13 @@ class EvaluatorCalculator(Calculator):
     """ASE calculator over a batch evaluator (one structure per call)."""
 
     implemented_properties = [
-        "energy", "free_energy", "forces", "stress", "force_deviation", "energy_deviation", "descriptor"
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "force_deviation",
+        "energy_deviation",
+        "descriptor",
     ]
 
     def __init__(self, evaluator: BatchEvaluator, **kwargs):
@@ -93,7 +99,13 @@ class ScoredCalculator(Calculator):
     """
 
     implemented_properties = [
-        "energy", "free_energy", "forces", "stress", "force_deviation", "energy_deviation", "descriptor"
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "force_deviation",
+        "energy_deviation",
+        "descriptor",
     ]
 
     def __init__(self, driver: Calculator, scorer: Any, **kwargs):

@@ -51,7 +51,10 @@ class RandomStructureParams(BaseModel):
     kind: Literal["periodic", "cluster", "mixed"] = "periodic"
     cluster_fraction: float = Field(0.3, ge=0, le=1, description="share of clusters when kind is 'mixed'")
     packing_fraction: float = Field(
-        0.35, gt=0, le=1, description="cell volume = sum of covalent sphere volumes / this (ignored with volume_per_atom)"
+        0.35,
+        gt=0,
+        le=1,
+        description="cell volume = sum of covalent sphere volumes / this (ignored with volume_per_atom)",
     )
     volume_per_atom: float | None = Field(None, gt=0, description="target volume per atom (Å^3), overrides packing")
     density: float | None = Field(None, gt=0, le=30, description="target mass density (g/cm^3), overrides packing")
@@ -170,7 +173,9 @@ def _pack(
             direction = rng.normal(size=(config.insertion_tries, 3))
             direction /= np.linalg.norm(direction, axis=1, keepdims=True)
             trial = direction * radius * rng.random((config.insertion_tries, 1)) ** (1.0 / 3.0)
-        choice = trial[0] if not len(placed) else _first_free(trial, placed, placed_radii, radii[index], shifts, fraction)
+        choice = (
+            trial[0] if not len(placed) else _first_free(trial, placed, placed_radii, radii[index], shifts, fraction)
+        )
         if choice is None:
             return None
         positions[index] = choice
@@ -231,7 +236,9 @@ def random_structures(config: RandomStructureConfig, seed: int, count: int) -> l
     return frames
 
 
-def sample_random(model: Any | None, config: RandomStructureConfig, seed: int, count: int, batch_size: int = 64) -> Iterator[Atoms]:
+def sample_random(
+    model: Any | None, config: RandomStructureConfig, seed: int, count: int, batch_size: int = 64
+) -> Iterator[Atoms]:
     """Random structures, scored by ``model`` when one is given (evaluated in batches)."""
     frames = random_structures(config, seed, count)
     if model is None:

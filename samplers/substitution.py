@@ -48,12 +48,33 @@ PROTOTYPES: dict[str, tuple[str, dict[str, Any]]] = {
     "zincblende-ZnS": ("ase", {"name": "ZnS", "crystalstructure": "zincblende", "a": 5.409, "cubic": True}),
     "wurtzite-ZnO": ("ase", {"name": "ZnO", "crystalstructure": "wurtzite", "a": 3.250, "c": 5.207}),
     "fluorite-CaF2": ("ase", {"name": "CaF2", "crystalstructure": "fluorite", "a": 5.463, "cubic": True}),
-    "antifluorite-Li2O": ("pymatgen", {"spacegroup": "Fm-3m", "lattice": ("cubic", 4.611), "species": ["Li", "O"],
-                                       "coords": [[0.25, 0.25, 0.25], [0, 0, 0]]}),
-    "perovskite-SrTiO3": ("pymatgen", {"spacegroup": "Pm-3m", "lattice": ("cubic", 3.905), "species": ["Sr", "Ti", "O"],
-                                       "coords": [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]]}),
-    "rutile-TiO2": ("pymatgen", {"spacegroup": "P4_2/mnm", "lattice": ("tetragonal", 4.594, 2.959),
-                                 "species": ["Ti", "O"], "coords": [[0, 0, 0], [0.3048, 0.3048, 0]]}),
+    "antifluorite-Li2O": (
+        "pymatgen",
+        {
+            "spacegroup": "Fm-3m",
+            "lattice": ("cubic", 4.611),
+            "species": ["Li", "O"],
+            "coords": [[0.25, 0.25, 0.25], [0, 0, 0]],
+        },
+    ),
+    "perovskite-SrTiO3": (
+        "pymatgen",
+        {
+            "spacegroup": "Pm-3m",
+            "lattice": ("cubic", 3.905),
+            "species": ["Sr", "Ti", "O"],
+            "coords": [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]],
+        },
+    ),
+    "rutile-TiO2": (
+        "pymatgen",
+        {
+            "spacegroup": "P4_2/mnm",
+            "lattice": ("tetragonal", 4.594, 2.959),
+            "species": ["Ti", "O"],
+            "coords": [[0, 0, 0], [0.3048, 0.3048, 0]],
+        },
+    ),
 }
 
 
@@ -186,15 +207,11 @@ def similarity_table() -> np.ndarray:
     return weights
 
 
-def choose_mapping(
-    species: Sequence[str], config: SubstitutionConfig, rng: np.random.Generator
-) -> dict[str, str]:
+def choose_mapping(species: Sequence[str], config: SubstitutionConfig, rng: np.random.Generator) -> dict[str, str]:
     """Map each seed species to an allowed element (see module docstring)."""
     allowed = list(config.elements)
     if len(species) == 1 and allowed == list(species):
-        raise ConfigError(
-            f"substitution: the element set {allowed} leaves no element to substitute for {species[0]}"
-        )
+        raise ConfigError(f"substitution: the element set {allowed} leaves no element to substitute for {species[0]}")
     weights = similarity_table() if config.mode == "similar" else None
     for _ in range(100):
         kept = {s for s in species if s in allowed and rng.random() < config.keep_probability}
@@ -236,7 +253,9 @@ def substitute(
     """Substituted copy of ``seed`` (after supercell, rescale and rattle), its mapping and cell scale."""
     species = list(dict.fromkeys(seed.get_chemical_symbols()))
     mapping = choose_mapping(species, config, rng)
-    atoms = _supercell(Atoms(numbers=seed.numbers, positions=seed.positions, cell=seed.cell.array, pbc=seed.pbc), config.min_atoms)
+    atoms = _supercell(
+        Atoms(numbers=seed.numbers, positions=seed.positions, cell=seed.cell.array, pbc=seed.pbc), config.min_atoms
+    )
     old = atoms.numbers.copy()
     atoms.numbers = np.array([atomic_numbers[mapping[chemical_symbols[z]]] for z in old])
     scale = 1.0

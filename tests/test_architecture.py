@@ -22,7 +22,9 @@ def test_import_contracts_hold():
     assert "broken" not in run.stdout.split("Contracts:")[-1].replace("0 broken", "")
 
 
-@pytest.mark.parametrize("module", ["pipeline.store", "pipeline.selection", "pipeline.export", "pipeline.dashboard.queries"])
+@pytest.mark.parametrize(
+    "module", ["pipeline.store", "pipeline.selection", "pipeline.export", "pipeline.dashboard.queries"]
+)
 def test_the_store_and_selection_load_no_science_and_no_application(module):
     code = (
         f"import sys, {module}; "
@@ -54,8 +56,11 @@ def test_a_stage_is_one_table_entry_and_one_function(embedded_store, tmp_path):
     config = load_config(
         workdir=tmp_path,
         elements=["H", "O"],
-        explore={"random": {"count": 3, "params": {"min_atoms": 2, "max_atoms": 3, "kind": "cluster"}},
-                 "melt_quench": {"enabled": False}, "substitution": {"enabled": False}},
+        explore={
+            "random": {"count": 3, "params": {"min_atoms": 2, "max_atoms": 3, "kind": "cluster"}},
+            "melt_quench": {"enabled": False},
+            "substitution": {"enabled": False},
+        },
         generation={"min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False},
     )
     stages.register_stage(stages.Stage("audit", audit_stage), after="select")

@@ -36,7 +36,9 @@ def _dashboard_extra() -> None:
 
 
 def dashboard(
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default; there is no authentication)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on (loopback by default; there is no authentication)."
+    ),
     port: int = typer.Option(8050, help="TCP port."),
     refresh: float = typer.Option(60.0, help="Seconds between re-aggregations of the store (more if it is slow)."),
 ) -> None:
@@ -57,7 +59,9 @@ def dashboard(
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     console.print(
-        f"dashboard of {info.uri} (database {info.database}) on {server.url}  (Ctrl-C stops)", highlight=False, soft_wrap=True
+        f"dashboard of {info.uri} (database {info.database}) on {server.url}  (Ctrl-C stops)",
+        highlight=False,
+        soft_wrap=True,
     )
     try:
         server.serve_forever()
@@ -65,7 +69,9 @@ def dashboard(
         pass
 
 
-def report(out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained, opens offline).")) -> None:
+def report(
+    out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained, opens offline)."),
+) -> None:
     """Write the dashboard as one static HTML file."""
     from flows.cli import console
 

@@ -119,7 +119,9 @@ def demo(
         help="Generations to run, the first a cold start (default: 2 with pyscf, 12 with xtb).",
     ),
     backend: str = typer.Option(
-        "pyscf", "--backend", help="pyscf: DFT labels, minutes a generation; xtb: GFN2-xTB labels, seconds a generation."
+        "pyscf",
+        "--backend",
+        help="pyscf: DFT labels, minutes a generation; xtb: GFN2-xTB labels, seconds a generation.",
     ),
     workdir: Path = typer.Option(Path("selfplay-demo"), help="Where models, snapshot and report land."),
     prefect: Optional[bool] = typer.Option(

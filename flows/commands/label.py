@@ -141,7 +141,9 @@ def label(
     ),
     workers: int = typer.Option(1, "--workers", "-j", help="Frames computed at once (one process each)."),
     charge: Optional[int] = typer.Option(None, "--charge", help="Net charge (unless --spin-policy from_info)."),
-    spin_policy: Optional[str] = typer.Option(None, "--spin-policy", help="pyscf: auto, lowest, high or from_info; xtb: lowest or from_info."),
+    spin_policy: Optional[str] = typer.Option(
+        None, "--spin-policy", help="pyscf: auto, lowest, high or from_info; xtb: lowest or from_info."
+    ),
     workdir: Optional[Path] = typer.Option(
         None, "--workdir", help="ase: folder of the per-frame calculator folders (default: OUT.calc next to OUT)."
     ),

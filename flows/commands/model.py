@@ -52,7 +52,9 @@ def train(
         theories = split_names(theory)
         frames = list(iter_labelled(theories=theories or None))
         if not frames:
-            raise DataFileError("the store holds no labelled frames" + (f" at {', '.join(theories)}" if theories else ""))
+            raise DataFileError(
+                "the store holds no labelled frames" + (f" at {', '.join(theories)}" if theories else "")
+            )
     try:
         config = TrainConfig(epochs=epochs, ensemble_size=ensemble, batch_size=batch_size, seed=seed)
     except ValidationError as exc:

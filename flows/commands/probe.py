@@ -18,10 +18,14 @@ from pipeline.errors import ConfigError, DataFileError
 
 
 def add(
-    files: List[Path] = typer.Argument(..., help="Structure files: an HDF5 snapshot or any format ase.io.read understands."),
+    files: List[Path] = typer.Argument(
+        ..., help="Structure files: an HDF5 snapshot or any format ase.io.read understands."
+    ),
     name: str = typer.Option(..., "--name", help="Name of the new probe set (letters, digits, '_', '-')."),
     label: bool = typer.Option(
-        False, "--label", help="Label the structures once at the configured level of theory (else the files carry labels)."
+        False,
+        "--label",
+        help="Label the structures once at the configured level of theory (else the files carry labels).",
     ),
     description: str = typer.Option("", "--description", help="What the set probes, in a few words."),
     theory: Optional[str] = typer.Option(
@@ -38,7 +42,9 @@ def add(
     settings = config()
     check_name(name)
     if label and theory:
-        raise ConfigError("--theory names the labels the files carry; with --label they get the configured level of theory")
+        raise ConfigError(
+            "--theory names the labels the files carry; with --label they get the configured level of theory"
+        )
     connect_store()
     check_name_free(name)  # before reading and labelling anything
     frames, sources, names = read_structures(files, require_labels=not label)
@@ -77,7 +83,9 @@ def theory_of(frames: list, theory: Optional[str], configured: str) -> str:
         return configured
     if len(recorded) > 1:
         found = ", ".join(sorted(str(t) for t in recorded if t)) + (" and none" if None in recorded else "")
-        raise DataFileError(f"the frames record several levels of theory ({found}): add them as separate sets, or pass --theory")
+        raise DataFileError(
+            f"the frames record several levels of theory ({found}): add them as separate sets, or pass --theory"
+        )
     return recorded.pop()
 
 

@@ -201,8 +201,7 @@ header h1 { font-size: 22px; margin: 6px 0 2px; }
 </body>
 </html>"""
     # The rules this page shares with the static report live in one place.
-    .replace("/* shared */\n", F.SHARED_STYLE)
-    .replace("/* first view */\n", FIRST_VIEW_STYLE)
+    .replace("/* shared */\n", F.SHARED_STYLE).replace("/* first view */\n", FIRST_VIEW_STYLE)
 )
 
 
@@ -270,8 +269,11 @@ def first_view_html(source: SnapshotSource) -> str:
     table, _, generations = _first_view_parts(source)
     view = [
         _header(source),
-        html.Div(html.Div("loading the interactive page…", className="note"), className="controls",
-                 style={"display": "block", "minHeight": "50px"}),  # fmt: skip
+        html.Div(
+            html.Div("loading the interactive page…", className="note"),
+            className="controls",
+            style={"display": "block", "minHeight": "50px"},
+        ),  # fmt: skip
         html.Section([html.H2("Dataset per element"), html.Div(table, className="pt-wrap")]),
         html.Section([html.H2("Latest generations"), html.Div(generations, id="first-view-generations")]),
     ]
@@ -293,8 +295,12 @@ def _controls(slider: dict) -> html.Div:
         children=[
             html.Label("Generations", className="title", htmlFor="gen-range"),
             dcc.RangeSlider(
-                id="gen-range", step=1, allowCross=False, updatemode="mouseup",
-                tooltip={"placement": "bottom", "always_visible": False}, **slider,
+                id="gen-range",
+                step=1,
+                allowCross=False,
+                updatemode="mouseup",
+                tooltip={"placement": "bottom", "always_visible": False},
+                **slider,
             ),  # fmt: skip
             dcc.Checklist(
                 id="imported", options=[{"label": " include imported labels", "value": "imported"}], value=["imported"]
@@ -314,7 +320,8 @@ def _dataset_section(table_html, table_figure) -> html.Section:
                 children=[table_html, dcc.Graph(id="periodic-table", config=GRAPH_CONFIG, figure=table_figure)],
             ),
             html.Div(
-                "A label counts once for every element of its frame. Hover an element for its numbers.", className="note"
+                "A label counts once for every element of its frame. Hover an element for its numbers.",
+                className="note",
             ),
         ]
     )
@@ -330,8 +337,12 @@ def _growth_section(snapshot: Optional[Snapshot]) -> html.Section:
                 className="option-row",
                 children=[
                     dcc.Dropdown(
-                        id="elements", options=_element_options(snapshot), value=elements, multi=True,
-                        placeholder="elements to plot", style={"minWidth": "420px"},
+                        id="elements",
+                        options=_element_options(snapshot),
+                        value=elements,
+                        multi=True,
+                        placeholder="elements to plot",
+                        style={"minWidth": "420px"},
                     ),  # fmt: skip
                     _radio("element-mode", [("cumulative", "cumulative"), ("per generation", "per")], "cumulative"),
                 ],
@@ -349,8 +360,11 @@ def _selection_section(snapshot: Optional[Snapshot]) -> html.Section:
             html.Div(
                 className="option-row",
                 children=dcc.Dropdown(
-                    id="selection-element", options=_element_options(snapshot), value=None,
-                    placeholder="all frames (or choose an element)", style={"minWidth": "320px"},
+                    id="selection-element",
+                    options=_element_options(snapshot),
+                    value=None,
+                    placeholder="all frames (or choose an element)",
+                    style={"minWidth": "320px"},
                 ),  # fmt: skip
             ),
             _graph("selection"),
@@ -624,7 +638,13 @@ def is_loopback(host: str) -> bool:
 class DashboardServer:
     """The app served by werkzeug (threaded), startable in a background thread for tests."""
 
-    def __init__(self, db: ReadOnlyDatabase, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, refresh_s: float = DEFAULT_REFRESH_S):
+    def __init__(
+        self,
+        db: ReadOnlyDatabase,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        refresh_s: float = DEFAULT_REFRESH_S,
+    ):
         from werkzeug.serving import make_server
 
         if not is_loopback(host):
@@ -674,4 +694,3 @@ class DashboardServer:
         self.source.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
-

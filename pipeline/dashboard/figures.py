@@ -130,7 +130,9 @@ def _style(fig: go.Figure, title: str, height: int = 360, legend: bool = True) -
 
 def empty_figure(title: str, message: str = "no data yet", height: int = 300) -> go.Figure:
     fig = go.Figure()
-    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=15, color="#777"))
+    fig.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font=dict(size=15, color="#777")
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _style(fig, title, height=height, legend=False)
@@ -207,7 +209,9 @@ class _LogScale:
 
     @classmethod
     def of(cls, counts: Mapping[str, int]) -> "_LogScale":
-        nonzero = tuple(n for symbol, n in counts.items() if n > 0 and atomic_numbers.get(symbol, 999) <= MAX_SUPPORTED_Z)
+        nonzero = tuple(
+            n for symbol, n in counts.items() if n > 0 and atomic_numbers.get(symbol, 999) <= MAX_SUPPORTED_Z
+        )
         hi = math.log10(max(nonzero)) if nonzero else 1.0
         lo = min(math.log10(min(nonzero)) if nonzero else 0.0, hi - 1.0)
         return cls(nonzero=nonzero, lo=lo, hi=hi, zero_z=lo - 0.12 / 0.88 * (hi - lo))
@@ -254,7 +258,11 @@ def _table_colours(mode: str, scale: _LogScale) -> tuple[list, dict, float, floa
         colorscale = [[0, "#f7fcf5"], [0.1, "#fee08b"], [0.3, "#fc8d59"], [1, "#b2182b"]]
         return colorscale, dict(title="failed", tickformat=".0%", thickness=14), 0.0, 1.0
     nonzero, lo, hi, zero_z = scale.nonzero, scale.lo, scale.hi, scale.zero_z
-    base = ["#deebf7", "#9ecae1", "#4292c6", "#08519c"] if mode == "labelled" else ["#fee0d2", "#fc9272", "#de2d26", "#a50f15"]
+    base = (
+        ["#deebf7", "#9ecae1", "#4292c6", "#08519c"]
+        if mode == "labelled"
+        else ["#fee0d2", "#fc9272", "#de2d26", "#a50f15"]
+    )
     colorscale = [[0, "#eeeeee"], [0.12, "#eeeeee"], [0.12, base[0]]]
     colorscale += [[0.12 + 0.88 * f, c] for f, c in zip((0.33, 0.66, 1.0), base[1:])]
     ticks = [(zero_z, "0")]
@@ -351,7 +359,9 @@ def growth_figure(snapshot: Snapshot, first: Optional[int] = None, last: Optiona
     imported = snapshot.labels_by_generation.get(None, 0)
     fig.update_layout(barmode="stack", bargap=0.15)
     _generation_axis(fig, numbers)
-    per_generation = [snapshot.labels_by_generation.get(g, 0) + snapshot.failures_by_generation.get(g, 0) for g in numbers]
+    per_generation = [
+        snapshot.labels_by_generation.get(g, 0) + snapshot.failures_by_generation.get(g, 0) for g in numbers
+    ]
     _count_axis(fig, per_generation, title_text="per generation", secondary_y=False)
     _count_axis(fig, [cumulative[g] for g in numbers], title_text="total (incl. imported)" if imported else "total",
                 secondary_y=True, showgrid=False)  # fmt: skip
@@ -406,7 +416,9 @@ def element_growth_figure(
     return fig
 
 
-def element_generation_heatmap(snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None) -> go.Figure:
+def element_generation_heatmap(
+    snapshot: Snapshot, first: Optional[int] = None, last: Optional[int] = None
+) -> go.Figure:
     """Labels per generation (x) and element (y): which chemistries each generation reached."""
     numbers = _numbers(snapshot, first, last)
     elements = snapshot.elements
@@ -498,7 +510,12 @@ def selection_figure(
                             secondary_y=True, hovertemplate=f"generation %{{x}}<br>{label} %{{y:.3f}} eV/Å<extra></extra>")  # fmt: skip
     fig.update_layout(barmode="stack", bargap=0.15)
     _generation_axis(fig, x)
-    _count_axis(fig, [sum(counts(d).get(c) or 0 for c in SELECTION_CLASSES) for d in docs], title_text="explored frames", secondary_y=False)
+    _count_axis(
+        fig,
+        [sum(counts(d).get(c) or 0 for c in SELECTION_CLASSES) for d in docs],
+        title_text="explored frames",
+        secondary_y=False,
+    )
     fig.update_yaxes(title_text="σ_F (eV/Å)", secondary_y=True, showgrid=False, rangemode="tozero", tickmode="auto")
     return _style(fig, title, height=380)
 
@@ -526,7 +543,9 @@ def model_quality_figure(snapshot: Snapshot, first: Optional[int] = None, last: 
     if not any(_error_block(d, w) for d in docs for w in ("model", "sentinel")):
         return empty_figure(title, "no model errors recorded yet")
     x = [d["number"] for d in docs]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("energy MAE (meV/atom)", "force MAE (eV/Å)"), horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("energy MAE (meV/atom)", "force MAE (eV/Å)"), horizontal_spacing=0.1
+    )
     for which, name, dash in (("model", "new labels", "solid"), ("sentinel", "sentinels", "dash")):
         color = COLORS["candidate"] if which == "model" else COLORS["sentinel"]
         energy = [_scaled(_error_block(d, which).get("energy_mae_per_atom"), 1000) for d in docs]
@@ -621,7 +640,9 @@ def probe_error_figure(snapshot: Snapshot, first: Optional[int] = None, last: Op
     rows = probe_rows(snapshot, first, last)
     if not rows:
         return empty_figure(PROBE_FIGURE_TITLE, "no model scored on a probe set yet")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("force MAE (eV/Å)", "energy MAE (meV/atom)"), horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("force MAE (eV/Å)", "energy MAE (meV/atom)"), horizontal_spacing=0.1
+    )
     palette = plotly.colors.qualitative.Plotly
     for index, (name, points) in enumerate(rows.items()):
         color = palette[index % len(palette)]
@@ -675,7 +696,9 @@ def calibration_figure(snapshot: Snapshot, first: Optional[int] = None, last: Op
         )  # fmt: skip
     values = [p["sigma_f"] for _, p in points] + [p.get("force_error_max", p.get("force_error")) for _, p in points]
     lo, hi = min(values) / 1.5, max(values) * 1.5
-    fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="error = σ_F", line=dict(color="#888", dash="dash"), hoverinfo="skip")
+    fig.add_scatter(
+        x=[lo, hi], y=[lo, hi], mode="lines", name="error = σ_F", line=dict(color="#888", dash="dash"), hoverinfo="skip"
+    )
     if binned:
         fig.add_scatter(x=[b[0] for b in binned], y=[b[1] for b in binned], customdata=[b[2] for b in binned],
                         mode="lines+markers", name="median error", line=dict(color="#d62728", width=2.5),
@@ -691,7 +714,9 @@ def calibration_figure(snapshot: Snapshot, first: Optional[int] = None, last: Op
     return fig
 
 
-def _binned_median(sigma: list[float], error: list[float], bins: int = 10, least: int = 3) -> list[tuple[float, float, int]]:
+def _binned_median(
+    sigma: list[float], error: list[float], bins: int = 10, least: int = 3
+) -> list[tuple[float, float, int]]:
     """(geometric bin centre, median error, count) over log-spaced σ_F bins with enough points."""
     lo, hi = math.log10(min(sigma)), math.log10(max(sigma))
     if hi - lo < 1e-9:
@@ -809,7 +834,9 @@ def wall_time_figure(snapshot: Snapshot) -> go.Figure:
             hovertemplate=f"{device}<br>%{{x}} atoms<br>mean %{{y:,.1f}} s over %{{customdata:,}} labels<extra></extra>",
         )  # fmt: skip
     sizes = [r[0] for rows in by_device.values() for r in rows]
-    fig.update_xaxes(title_text="atoms in frame", tickformat="d", **({"dtick": 1} if max(sizes) - min(sizes) <= 8 else {}))
+    fig.update_xaxes(
+        title_text="atoms in frame", tickformat="d", **({"dtick": 1} if max(sizes) - min(sizes) <= 8 else {})
+    )
     fig.update_yaxes(title_text="mean wall time (s)", type="log")
     return _style(fig, title)
 
@@ -857,9 +884,8 @@ def prefect_ui_url(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     if not api:
         return None
     if "api.prefect.cloud" in api:  # .../api/accounts/A/workspaces/W -> app.../account/A/workspace/W
-        return (
-            api.replace("https://api.prefect.cloud/api/accounts/", "https://app.prefect.cloud/account/")
-            .replace("/workspaces/", "/workspace/")
+        return api.replace("https://api.prefect.cloud/api/accounts/", "https://app.prefect.cloud/account/").replace(
+            "/workspaces/", "/workspace/"
         )
     return api[: -len("/api")] if api.endswith("/api") else api
 
@@ -895,7 +921,8 @@ def generation_rows(snapshot: Snapshot, limit: int = 20, env: Optional[Mapping[s
                 "status": status,
                 "stages": " ".join(
                     # The stages the generation was opened with, in table order (flows.stages).
-                    f"{name} {STAGE_MARKS.get((state or {}).get('status') or 'pending', '?')}" for name, state in stages.items()
+                    f"{name} {STAGE_MARKS.get((state or {}).get('status') or 'pending', '?')}"
+                    for name, state in stages.items()
                 ),
                 "started": format_time(started),
                 "duration": format_duration(duration),
@@ -926,4 +953,3 @@ def summary_line(snapshot: Snapshot) -> str:
     if latest:
         parts.append(f"latest: generation {latest['number']} {latest.get('status', '')}")
     return " · ".join(parts)
-

@@ -65,7 +65,9 @@ def cell_colour(n: int, lo: float, hi: float) -> tuple[str, bool]:
     return _mix(BLUES[i], BLUES[i + 1], position - i), f > 0.55
 
 
-def periodic_table_html(snapshot: Optional[Snapshot], first: Optional[int] = None, last: Optional[int] = None) -> html.Div:
+def periodic_table_html(
+    snapshot: Optional[Snapshot], first: Optional[int] = None, last: Optional[int] = None
+) -> html.Div:
     """Labelled frames per element (all generations and imported labels by default) as a grid of cells."""
     labels = snapshot.element_totals("labels", first, last) if snapshot else {}
     failures = snapshot.element_totals("failures", first, last) if snapshot else {}
@@ -81,7 +83,9 @@ def periodic_table_html(snapshot: Optional[Snapshot], first: Optional[int] = Non
         style = {"gridRow": str(grid_row), "gridColumn": str(col + 1)}
         attributes = {"data-symbol": symbol, "data-labelled": str(n), "data-failures": str(failed)}
         if z > F.MAX_SUPPORTED_Z:
-            cells.append(html.Div(symbol, className="pt-cell pt-unsupported", style=style, title=f"{symbol}: not supported"))
+            cells.append(
+                html.Div(symbol, className="pt-cell pt-unsupported", style=style, title=f"{symbol}: not supported")
+            )
             continue
         colour, dark = cell_colour(n, lo, hi)
         style["background"] = colour

@@ -176,7 +176,9 @@ def calibration_points(db: ReadOnlyDatabase, numbers: list[int]) -> dict[int, li
     if not numbers:
         return {}
     out = {}
-    for doc in db["generations"].find({"number": {"$in": list(numbers)}}, {"number": 1, "metrics.calibration": 1, "_id": 0}):
+    for doc in db["generations"].find(
+        {"number": {"$in": list(numbers)}}, {"number": 1, "metrics.calibration": 1, "_id": 0}
+    ):
         points = ((doc.get("metrics") or {}).get("calibration")) or []
         out[doc["number"]] = [p for p in points if isinstance(p, dict)]
     return out
@@ -229,7 +231,11 @@ def live_tables(db: ReadOnlyDatabase, match: Optional[Mapping] = None, scan: Opt
     tables["dft_time"] = {
         key[0]: v
         for key, v in group_sums(
-            db, "labels", {"g": "$generation"}, {"n": 1, "wall_time": "$wall_time"}, _and(match, {"wall_time": {"$gt": 0}})
+            db,
+            "labels",
+            {"g": "$generation"},
+            {"n": 1, "wall_time": "$wall_time"},
+            _and(match, {"wall_time": {"$gt": 0}}),
         ).items()
     }
     tables["scf_cycles"] = {
@@ -466,7 +472,9 @@ def take_snapshot(
     snapshot.generations = generation_documents(db)
     if finishing is not None:
         _mark_finished(snapshot.generations, finishing, now)
-    completed = sorted(g["number"] for g in snapshot.generations if g.get("status") == "completed" and g.get("number") is not None)
+    completed = sorted(
+        g["number"] for g in snapshot.generations if g.get("status") == "completed" and g.get("number") is not None
+    )
     summaries = read_summaries(db, completed) if use_summaries and completed else {}
     live_match = {"generation": {"$nin": sorted(summaries)}} if summaries else None
     tables = merge_tables([live_tables(db, live_match), *summaries.values()])

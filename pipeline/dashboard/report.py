@@ -35,11 +35,15 @@ log = logging.getLogger(__name__)
 
 GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
 
-STYLE = F.SHARED_STYLE + FIRST_VIEW_STYLE + """
+STYLE = (
+    F.SHARED_STYLE
+    + FIRST_VIEW_STYLE
+    + """
 h1 { font-size: 22px; margin: 6px 0 2px; }
 .summary { font-size: 15px; margin: 2px 0; }
 .note { font-size: 12px; color: #666; }
 """
+)
 
 
 #: Runs plotly.js (kept as inert text in the page) only after the first paint, then draws
@@ -81,11 +85,15 @@ def _generations_table(rows: list[dict]) -> str:
             value = row.get(column)
             if column == "status":
                 title = html.escape(row.get("error") or "", quote=True)
-                out.append(f'<td><span class="status status-{html.escape(str(value))}" title="{title}">{html.escape(str(value))}</span></td>')
+                out.append(
+                    f'<td><span class="status status-{html.escape(str(value))}" title="{title}">{html.escape(str(value))}</span></td>'
+                )
             elif column == "Prefect run":
                 run_id = row.get("prefect_flow_run_id") or ""
                 if value:
-                    out.append(f'<td><a href="{html.escape(value, quote=True)}" target="_blank" rel="noopener">{html.escape(run_id[:8])}</a></td>')
+                    out.append(
+                        f'<td><a href="{html.escape(value, quote=True)}" target="_blank" rel="noopener">{html.escape(run_id[:8])}</a></td>'
+                    )
                 else:
                     out.append(f"<td>{html.escape(run_id[:8])}</td>")
             else:
@@ -156,10 +164,10 @@ static copy: hover for numbers, click legend entries to show or hide series; <co
 <section><h2>Latest generations</h2>{_generations_table(F.generation_rows(snapshot, limit=50, env=env))}</section>
 </div>"""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n"
-        f"<script type=\"text/javascript\">{LOADER}</script>\n</head>\n<body>{body}\n"
-        f"<script type=\"text/plain\" id=\"plotly-js\">{get_plotlyjs()}</script>\n</body>\n</html>\n"
+        f'<script type="text/javascript">{LOADER}</script>\n</head>\n<body>{body}\n'
+        f'<script type="text/plain" id="plotly-js">{get_plotlyjs()}</script>\n</body>\n</html>\n'
     )
 
 
@@ -179,7 +187,9 @@ def write_report(
     text = render_report(snapshot, env=env)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as handle:
             handle.write(text)
             temporary = Path(handle.name)
         os.replace(temporary, path)

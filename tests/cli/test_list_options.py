@@ -62,7 +62,12 @@ def test_every_command_spreads_its_list_options_and_none_has_arguments_besides()
     # Words after a list option are taken as its values, which is safe only while no
     # command also takes positional arguments.
     commands = all_commands()
-    assert {path for path, _ in commands} >= {"selfplay sample", "selfplay export", "selfplay train", "selfplay db import"}
+    assert {path for path, _ in commands} >= {
+        "selfplay sample",
+        "selfplay export",
+        "selfplay train",
+        "selfplay db import",
+    }
     for path, command in commands:
         assert isinstance(command, SelfplayCommand), path
         list_options = [p for p in command.params if p.param_type_name == "option" and p.multiple]

@@ -18,7 +18,11 @@ SELFPLAY = str(Path(sys.executable).with_name("selfplay"))
 #: (arguments, the command path in the usage line, a fragment of the error line)
 MISTAKES = {
     "unknown option": (["label", "x.xyz", "--frobnicate", "3"], "selfplay label", "No such option: --frobnicate"),
-    "unknown option of a db command": (["db", "import", "x.xyz", "--verbose-json"], "selfplay db import", "No such option"),
+    "unknown option of a db command": (
+        ["db", "import", "x.xyz", "--verbose-json"],
+        "selfplay db import",
+        "No such option",
+    ),
     "unknown option of the status command": (["status", "--verbose-json"], "selfplay status", "No such option"),
     "missing argument": (["db", "import"], "selfplay db import", "Missing argument 'files'"),
     "missing required option": (
@@ -28,7 +32,11 @@ MISTAKES = {
     ),
     "option without its value": (["export", "--out"], "selfplay export", "Option '--out' requires an argument"),
     "extra argument": (["status", "extra"], "selfplay status", "unexpected extra argument(s) (extra)"),
-    "value of the wrong type": (["train", "--epochs", "abc", "--out", "m"], "selfplay train", "Invalid value for '--epochs'"),
+    "value of the wrong type": (
+        ["train", "--epochs", "abc", "--out", "m"],
+        "selfplay train",
+        "Invalid value for '--epochs'",
+    ),
     "value out of range": (["demo", "--generations", "0"], "selfplay demo", "Invalid value for '--generations'"),
     "flag given a value": (["status", "--json=yes"], "selfplay status", "Option '--json' does not take a value"),
     "unknown command": (["lable", "x.xyz"], "selfplay", "No such command 'lable'"),

@@ -48,11 +48,23 @@ FRAMES = {
     "f1": (lambda: bulk("Cu", "fcc", a=3.6, cubic=True), 0, "random", "candidate", ("label", 10.0, "cpu", 12)),
     "f2": (_cu3al, 0, "random", "candidate", ("label", 20.0, "cpu", 14)),
     "f3": (lambda: molecule("H2O"), 0, "melt_quench", "sentinel", ("label", 5.0, "cpu", 10)),
-    "f4": (lambda: _oxide("Cu", 1), 0, "substitution", "candidate", ("failure", "unconverged: SCF did not converge after 4 attempts")),
+    "f4": (
+        lambda: _oxide("Cu", 1),
+        0,
+        "substitution",
+        "candidate",
+        ("failure", "unconverged: SCF did not converge after 4 attempts"),
+    ),
     "f5": (lambda: bulk("Al", "fcc", a=4.05, cubic=True), 1, "melt_quench", "candidate", ("label", 30.0, "gpu", 20)),
     "f6": (lambda: molecule("CH4"), 1, "substitution", "candidate", ("label", 8.0, "gpu", 9)),
     "f7": (lambda: _oxide("Al", 2), 1, "random", "candidate", ("failure", "timeout: no result within 600 s")),
-    "f8": (lambda: _oxide("Cu", 2), 1, "random", "candidate", ("failure", "unconverged: SCF did not converge after 4 attempts")),
+    "f8": (
+        lambda: _oxide("Cu", 2),
+        1,
+        "random",
+        "candidate",
+        ("failure", "unconverged: SCF did not converge after 4 attempts"),
+    ),
     "f9": (lambda: bulk("Cu", "fcc", a=3.61), None, "import", None, ("label", None, None, None)),
     "f10": (lambda: molecule("H2"), None, "import", None, ("label", None, None, None)),
 }
@@ -158,7 +170,10 @@ def generation_documents() -> list[dict]:
         "thresholds": {"lo": 0.08, "hi": 0.6},
         "counts": {},
         "ledger": {},
-        "stages": {"train": stage(11, 12), "explore": {"status": "running", "started_at": t.replace(hour=12).isoformat()}},
+        "stages": {
+            "train": stage(11, 12),
+            "explore": {"status": "running", "started_at": t.replace(hour=12).isoformat()},
+        },
         "metrics": {},
         "started_at": t.replace(hour=11),
     }
@@ -212,7 +227,10 @@ def probe_entry(force_mae: float, energy_mae_per_atom: float, labels: int, frame
 #: generation -> metrics.probes. Generation 0 is a cold start (no model: no entry at all);
 #: generation 2 scored "cells" but not "molecules" (added and removed sets look like this).
 PROBES = {
-    1: {"cells": probe_entry(0.30, 0.020, labels=3, frames=3), "molecules": probe_entry(0.20, 0.010, labels=3, frames=2)},
+    1: {
+        "cells": probe_entry(0.30, 0.020, labels=3, frames=3),
+        "molecules": probe_entry(0.20, 0.010, labels=3, frames=2),
+    },
     2: {"cells": probe_entry(0.15, 0.010, labels=5, frames=3)},
 }
 

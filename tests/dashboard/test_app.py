@@ -37,7 +37,9 @@ def expected(first=None, last=None, imported=True) -> dict:
         for (generation, element), n in table.items():
             if generation is None and not imported:
                 continue
-            if generation is not None and not ((first is None or generation >= first) and (last is None or generation <= last)):
+            if generation is not None and not (
+                (first is None or generation >= first) and (last is None or generation <= last)
+            ):
                 continue
             out.setdefault(element, [0, 0])[index] += n
     return out
@@ -145,7 +147,9 @@ def test_dashboard_in_a_browser(served, browser, store, artifacts):
     assert page.evaluate(TABLE_NUMBERS) == expected(1, 1, imported=False)
     assert "labelled: 0" in hover_text(page, "Cu")
     # the other panels follow the range too
-    page.wait_for_function("() => JSON.stringify(document.querySelector('#growth .js-plotly-plot').data[0].x) === '[1]'")
+    page.wait_for_function(
+        "() => JSON.stringify(document.querySelector('#growth .js-plotly-plot').data[0].x) === '[1]'"
+    )
 
     set_range(page, 0, 2)
     page.locator("#table-mode input[value='failures']").check()
@@ -183,7 +187,10 @@ def test_first_view_needs_no_script(served, browser, store, artifacts):
     page = context.new_page()
     page.goto(served.url)
     assert page.evaluate(FIRST_VIEW_NUMBERS) == expected()
-    assert page.locator("#periodic-table-html [data-symbol='Cu']").get_attribute("title") == "Cu (Z=29) labelled: 3 failures: 2"
+    assert (
+        page.locator("#periodic-table-html [data-symbol='Cu']").get_attribute("title")
+        == "Cu (Z=29) labelled: 3 failures: 2"
+    )
     assert page.locator("#periodic-table-html [data-symbol='Cu']").is_visible()
     assert "7 labels (2 imported)" in page.locator("#summary").inner_text()
     rows = page.locator("#first-view #generations tbody tr")

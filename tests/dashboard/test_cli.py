@@ -46,7 +46,11 @@ def test_report_command_against_a_server(server_store, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFPLAY_", "PREFECT_"))}
     env["SELFPLAY_MONGODB_URI"] = server_store
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "report", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "flows.cli", "report", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout

@@ -51,7 +51,13 @@ def test_periodic_table_carries_the_counts(embedded_store):
     }  # fmt: skip
     assert len(numbers) == F.TABLE_LAST_Z  # every element has a cell
     gen1 = cell_numbers(F.periodic_table_figure(snapshot, 1, 1, imported=False))
-    assert {s: v for s, v in gen1.items() if v != (0, 0)} == {"H": (1, 0), "C": (1, 0), "O": (0, 2), "Al": (1, 1), "Cu": (0, 1)}
+    assert {s: v for s, v in gen1.items() if v != (0, 0)} == {
+        "H": (1, 0),
+        "C": (1, 0),
+        "O": (0, 2),
+        "Al": (1, 1),
+        "Cu": (0, 1),
+    }
     rate = F.periodic_table_figure(snapshot, mode="failure_rate")
     row, col = F.table_position(8)
     assert rate.data[0].z[row][col] == pytest.approx(3 / 4)  # O: 1 label, 3 failures
@@ -164,7 +170,12 @@ def test_empty_snapshot_draws_placeholders():
 
 
 def test_formatting():
-    assert F.short(999) == "999" and F.short(1234) == "1.2k" and F.short(2_500_000) == "2.5M" and F.short(123_456) == "123k"
+    assert (
+        F.short(999) == "999"
+        and F.short(1234) == "1.2k"
+        and F.short(2_500_000) == "2.5M"
+        and F.short(123_456) == "123k"
+    )
     assert F.format_duration(3725) == "1 h 02 min" and F.format_duration(59) == "59 s" and F.format_duration(None) == ""
     assert [F.nice_step(r) for r in (0.3, 1, 1.5, 3, 7, 12, 30, 51)] == [1, 1, 2, 5, 10, 20, 50, 100]
 
@@ -180,7 +191,10 @@ def test_probe_sets_error_versus_labels(embedded_store):
     assert sorted(rows) == ["cells", "molecules"]
     # the cold start (generation 0) has no row; generation 2 did not score "molecules": a gap, not a zero
     assert [(r["generation"], r["labels"], r["force_mae"]) for r in rows["cells"]] == [(1, 3, 0.30), (2, 5, 0.15)]
-    assert [(r["generation"], r["labels"], r["force_mae"]) for r in rows["molecules"]] == [(1, 3, 0.20), (2, None, None)]
+    assert [(r["generation"], r["labels"], r["force_mae"]) for r in rows["molecules"]] == [
+        (1, 3, 0.20),
+        (2, None, None),
+    ]
     fig = F.probe_error_figure(snapshot)
     traces = {(t.name, t.xaxis): t for t in fig.data}
     assert sorted(traces) == [("cells", "x"), ("cells", "x2"), ("molecules", "x"), ("molecules", "x2")]

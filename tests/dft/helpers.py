@@ -46,7 +46,9 @@ def pyscf_reference(atoms: Atoms, xc: str = "pbe", spin: int = 0, charge: int = 
     return mf.e_tot, mf.nuc_grad_method().kernel(), mol
 
 
-def tblite_reference(atoms: Atoms, method: str = "GFN2-xTB", temperature_k: float = 300.0, charge: float = 0.0, uhf: int = 0):
+def tblite_reference(
+    atoms: Atoms, method: str = "GFN2-xTB", temperature_k: float = 300.0, charge: float = 0.0, uhf: int = 0
+):
     """tblite's own Calculator on ``atoms``: ``(energy eV, forces eV/Å, stress eV/Å³ or None)``."""
     from ase.units import Bohr, Hartree, kB
     from tblite.interface import Calculator

@@ -172,9 +172,10 @@ def test_spec_holds_what_changes_the_number():
         settings(dispersion="d4", dispersion_functional="pbe").theory_key(),
     }
     assert len(keys) == 4
-    assert settings(dispersion="d4", dispersion_functional="PBE").theory_key() == settings(
-        dispersion="d4", dispersion_functional="pbe"
-    ).theory_key()
+    assert (
+        settings(dispersion="d4", dispersion_functional="PBE").theory_key()
+        == settings(dispersion="d4", dispersion_functional="pbe").theory_key()
+    )
 
 
 @pytest.mark.parametrize("method", ["d3bj", "d4"])

@@ -80,7 +80,11 @@ def test_kinds_run_through_the_same_batch_with_workdirs_for_those_that_write_fil
     settings = ASESettings(calculator=FILE_WRITING_EMT, theory="EMT", keep_directories="always", time_limit=60)
     outcomes = dict(label_frames(frames, settings, workers=2, progress=False, workdir=tmp_path))
     base = tmp_path / settings.theory_key()
-    folders = [base / frame_hash(frames[0])[:16], base / (frame_hash(frames[0])[:16] + "-2"), base / frame_hash(other)[:16]]
+    folders = [
+        base / frame_hash(frames[0])[:16],
+        base / (frame_hash(frames[0])[:16] + "-2"),
+        base / frame_hash(other)[:16],
+    ]
     for index, (atoms, folder) in enumerate(zip(frames, folders)):
         result = outcomes[index]
         assert isinstance(result, DFTResult), getattr(result, "reason", None)
@@ -155,7 +159,10 @@ def test_label_with_xtb_writes_tblite_numbers(app, tmp_path, monkeypatch):
             ["--backend", "ase", "--calculator", EMT_PATH, "--theory", "EMT", "--calculator-kwargs", '{"asap": 1}'],
             "unknown kwargs asap",
         ),
-        (["--backend", "ase", "--calculator", EMT_PATH, "--theory", "EMT", "--calculator-kwargs", "[1]"], "JSON object"),
+        (
+            ["--backend", "ase", "--calculator", EMT_PATH, "--theory", "EMT", "--calculator-kwargs", "[1]"],
+            "JSON object",
+        ),
         (["--backend", "gaussian"], "--backend must be one of pyscf, xtb, ase"),
         (["--backend", "xtb", "--dispersion", "d4"], "count it twice"),
     ],

@@ -13,7 +13,13 @@ from tests.dft.helpers import silicon_pair
 #: A small basis and plane-wave cutoff keep each SCF at a few seconds; the checks are
 #: about consistency, which does not need a converged basis.
 SETTINGS = DFTSettings(
-    threads=1, time_limit=None, pbc_basis="gth-szv", pbc_ke_cutoff=30, pbc_precision=1e-6, kpts=(1, 1, 1), conv_tol=1e-11
+    threads=1,
+    time_limit=None,
+    pbc_basis="gth-szv",
+    pbc_ke_cutoff=30,
+    pbc_precision=1e-6,
+    kpts=(1, 1, 1),
+    conv_tol=1e-11,
 )
 
 

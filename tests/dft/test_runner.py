@@ -102,7 +102,11 @@ def test_worker_dies_with_the_process_that_started_it(tmp_path):
     while time.time() < deadline and not workers:
         time.sleep(0.2)
         out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
-        workers = [int(line.split()[0]) for line in out.splitlines() if "dft._worker" in line and int(line.split()[1]) == driver.pid]
+        workers = [
+            int(line.split()[0])
+            for line in out.splitlines()
+            if "dft._worker" in line and int(line.split()[1]) == driver.pid
+        ]
     assert workers, "no worker process was started"
 
     def cpu_seconds(pid):

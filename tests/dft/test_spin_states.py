@@ -33,7 +33,10 @@ def direct(atoms: Atoms, spin: int, *, restricted: bool = False, basis: str = "6
 
     mol = gto.M(
         atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-        unit="Angstrom", basis=basis, spin=spin, verbose=0,
+        unit="Angstrom",
+        basis=basis,
+        spin=spin,
+        verbose=0,
     )
     mf = (dft.RKS if restricted else dft.UKS)(mol, xc="pbe").density_fit()
     mf.grids.level = 3
@@ -129,8 +132,10 @@ def test_separated_open_shell_atoms_are_size_consistent():
 def test_radical_and_molecule_far_apart_cost_their_sum():
     """Methane beside a methyl radical, 11 Å apart. Both are non-polar: polar molecules
     (water and OH) interact by about 1 meV at that distance, which is physics, not error."""
-    methane = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63],
-                                      [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]])
+    methane = Atoms(
+        "CH4",
+        positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
+    )
     methyl = Atoms("CH3", positions=[[0, 0, 0], [1.08, 0, 0], [-0.54, 0.935, 0], [-0.54, -0.935, 0]])
     methyl.positions += [0, 0, 11.0]
     together = label(methane + methyl)
@@ -236,9 +241,14 @@ def non_magnetic_free_energy(atoms: Atoms, settings: DFTSettings) -> float:
     from pyscf.pbc import dft, gto
 
     cell = gto.M(
-        atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)], a=atoms.cell.array,
-        unit="Angstrom", basis=settings.pbc_basis, pseudo=settings.pbc_pseudo, ke_cutoff=settings.pbc_ke_cutoff,
-        precision=settings.pbc_precision, verbose=0,
+        atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
+        a=atoms.cell.array,
+        unit="Angstrom",
+        basis=settings.pbc_basis,
+        pseudo=settings.pbc_pseudo,
+        ke_cutoff=settings.pbc_ke_cutoff,
+        precision=settings.pbc_precision,
+        verbose=0,
     )
     mf = dft.KRKS(cell, kpts=np.zeros((1, 3)), xc="pbe").smearing(sigma=settings.smearing_sigma / Hartree)
     mf.conv_tol, mf.damp, mf.diis_start_cycle, mf.max_cycle = settings.conv_tol, 0.5, 8, 200
@@ -254,8 +264,14 @@ def test_smeared_cell_finds_its_moment():
     antiparallel (broken-symmetry) arrangement is below the non-magnetic one."""
     cell = Atoms("H2", positions=[[0, 0, 0], [2.6, 0, 0]], cell=[5.2, 4.0, 4.0], pbc=True)
     settings = DFTSettings(
-        time_limit=None, always_smear=True, smearing_sigma=0.05, pbc_basis="gth-szv", pbc_ke_cutoff=40,
-        pbc_precision=1e-6, kpts=(1, 1, 1), conv_tol=1e-9,
+        time_limit=None,
+        always_smear=True,
+        smearing_sigma=0.05,
+        pbc_basis="gth-szv",
+        pbc_ke_cutoff=40,
+        pbc_precision=1e-6,
+        kpts=(1, 1, 1),
+        conv_tol=1e-9,
     )
     result = label(cell, settings)
     recorded = state(result)

@@ -61,9 +61,7 @@ def _energy(atoms: Atoms, settings: XTBSettings) -> float:
     return outcome.energy
 
 
-@pytest.mark.parametrize(
-    "frame, method", [(water, "GFN2-xTB"), (rocksalt_mgo, "GFN1-xTB")], ids=["molecule", "cell"]
-)
+@pytest.mark.parametrize("frame, method", [(water, "GFN2-xTB"), (rocksalt_mgo, "GFN1-xTB")], ids=["molecule", "cell"])
 def test_forces_and_stress_are_derivatives_of_the_energy(frame, method):
     atoms = frame()
     # A tight SCF for clean differences; GFN1 for the cell, whose periodic single point is

@@ -18,7 +18,10 @@ def tiny_config(workdir: Path, **overrides):
 KIND_SECTIONS = {
     "pyscf": (None, None),
     "xtb": ({"backend": "xtb", "method": "GFN2-xTB", "threads": 1, "time_limit": 60}, None),
-    "ase": ({"backend": "ase", "calculator": "ase.calculators.emt:EMT", "theory": "EMT", "time_limit": 60}, ["Cu", "Ni"]),
+    "ase": (
+        {"backend": "ase", "calculator": "ase.calculators.emt:EMT", "theory": "EMT", "time_limit": 60},
+        ["Cu", "Ni"],
+    ),
 }
 
 

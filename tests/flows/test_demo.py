@@ -22,9 +22,7 @@ pytestmark = pytest.mark.slow
 @contextmanager
 def busy_cpus():
     """One busy loop per CPU this process may use, for as long as the block runs."""
-    loops = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)))
-    ]
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)))]
     try:
         yield
     finally:
@@ -98,7 +96,10 @@ def assert_no_label_above_a_lower_state(snapshot) -> None:
                 continue
             mol = gto.M(
                 atom=[(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-                unit="Angstrom", basis="6-31g", spin=other, verbose=0,
+                unit="Angstrom",
+                basis="6-31g",
+                spin=other,
+                verbose=0,
             )
             mf = dft.UKS(mol, xc="pbe").density_fit()
             mf.grids.level = 3

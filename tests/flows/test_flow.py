@@ -20,7 +20,9 @@ def labels_through(runner: str, tmp_path, database: str) -> dict:
     config = tiny_config(tmp_path / runner, resources={"task_runner": runner, "dask_workers": 2, "dft_workers": 2})
     record = run_generation(config, stop_after="select")
     assert record.stages["select"]["status"] == "completed"
-    fan_out_flow.with_options(task_runner=task_runner(config))(config, record.number, "label", progress=runner == "threads")
+    fan_out_flow.with_options(task_runner=task_runner(config))(
+        config, record.number, "label", progress=runner == "threads"
+    )
     record.reload()
     assert record.stages["label"]["status"] == "completed"
     return label_table(config.dft.theory_key())
@@ -37,9 +39,7 @@ def test_dask_task_runner_gives_the_same_labels(prefect_api, tmp_path):
 def test_generation_flow_on_the_embedded_store(prefect_api, embedded_store, tmp_path):
     from flows.generation import generation
 
-    result = generation(
-        config_file=str(TINY), overrides={"workdir": str(tmp_path)}, require_persistent_store=False
-    )
+    result = generation(config_file=str(TINY), overrides={"workdir": str(tmp_path)}, require_persistent_store=False)
     assert result["generation"] == 0 and result["status"] == "completed"
     record = Generation.objects.get(number=0)
     assert record.status == "completed" and record.prefect_flow_run_id

@@ -51,7 +51,9 @@ def test_nightly_deployment_runs_to_completion(prefect_server, server_store, tmp
         prefect("work-pool", "create", pool, "--type", "process", "--overwrite", env=env)
     prefect(*REGISTER_DEPLOYMENTS[1:], env=env)
     worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([PREFECT, *START_CPU_WORKER[1:]], env=env, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [PREFECT, *START_CPU_WORKER[1:]], env=env, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT
+    )
     try:
         output = prefect(*RUN_NIGHTLY[1:], env=env)
         run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", output).group(1)

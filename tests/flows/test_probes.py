@@ -78,7 +78,9 @@ def test_add_list_remove(selfplay, tmp_path):
     path = tmp_path / "cells.xyz"
     ase.io.write(path, emt_dataset(6))
     frames = ase.io.read(path, ":")  # what the file holds (extxyz rounds), stored bit for bit
-    code, out, err = selfplay("probe", "add", path, "--name", "emt-cells", "--theory", "emt", "--description", "EMT cells")
+    code, out, err = selfplay(
+        "probe", "add", path, "--name", "emt-cells", "--theory", "emt", "--description", "EMT cells"
+    )
     assert code == 0, err
     assert "probe set emt-cells: 6 frames" in out
 
@@ -283,7 +285,9 @@ def test_an_interrupted_add_is_never_used_and_is_removable(store):
 
     add_probe_set("whole", molecules(), theory="emt")
     killed = ProbeSet(name="killed", theory="emt", n_frames=3, complete=False).save()
-    ProbeFrame._get_collection().insert_one(probes._frame_document(killed.id, 0, molecules()[0], (-1.0, np.zeros((3, 3)), None)))
+    ProbeFrame._get_collection().insert_one(
+        probes._frame_document(killed.id, 0, molecules()[0], (-1.0, np.zeros((3, 3)), None))
+    )
     assert [p.name for p in probe_sets()] == ["whole"]
     assert [(p.name, p.complete) for p in probe_sets(include_incomplete=True)] == [("killed", False), ("whole", True)]
     with pytest.raises(StoreError, match="incomplete"):
@@ -432,7 +436,10 @@ def test_every_generation_scores_its_model_on_the_probe_sets_of_its_theory(score
         assert sorted(probes) == ["cells", "molecules"]  # not the set at another theory
         check_entry(probes["cells"], expected_entry(emt_dataset(3), trained_on))
         check_entry(probes["molecules"], expected_entry(molecules(), trained_on))
-        assert probes["cells"]["model"] == f"gen-{record.number:04d}" and probes["cells"]["theory"] == config.dft.theory_key()
+        assert (
+            probes["cells"]["model"] == f"gen-{record.number:04d}"
+            and probes["cells"]["theory"] == config.dft.theory_key()
+        )
         assert record.stages["report"]["result"]["probes"] == ["cells", "molecules"]
     assert one.metrics["probes"]["cells"]["trained_on_labels"] < two.metrics["probes"]["cells"]["trained_on_labels"]
     # the probe frames never became dataset frames, labels or selection candidates
@@ -448,7 +455,9 @@ def test_training_theories_choose_the_probe_sets_scored(scored_run):
     config, model, collaborators = scored_run
     run_generation(config, **collaborators)
     one = run_generation(config, **collaborators)
-    wider = config.model_copy(update={"generation": config.generation.model_copy(update={"training_theories": ["emt"]})})
+    wider = config.model_copy(
+        update={"generation": config.generation.model_copy(update={"training_theories": ["emt"]})}
+    )
     probes = evaluate_probe_sets(wider, one, model)
     assert sorted(probes) == ["cells", "molecules", "other-theory"]
     assert probes["cells"] == one.metrics["probes"]["cells"]  # taken from the generation, not evaluated again
@@ -520,10 +529,14 @@ def test_a_real_model_is_scored_on_a_probe_set_labelled_with_xtb(selfplay, tmp_p
     trained = run_generation(config)
     assert "probes" not in cold.metrics
     entry = trained.metrics["probes"]["small-HO"]
-    assert entry["trained_on_labels"] == trained.model_version.trained_on["frames"] == Label.objects(generation=0).count()
+    assert (
+        entry["trained_on_labels"] == trained.model_version.trained_on["frames"] == Label.objects(generation=0).count()
+    )
     assert entry["frames"] == 4 and entry["stress_mae"] is None and sorted(entry["per_element"]) == ["H", "O"]
     ensemble = load_ensemble(fetch_model(trained.model_version, tmp_path / "cache"))
     stats, _ = model_errors(ensemble, probe_atoms("small-HO"))
     assert entry["force_mae"] == pytest.approx(stats.force_mae, rel=1e-5)
     assert entry["energy_mae_per_atom"] == pytest.approx(stats.energy_mae_per_atom, rel=1e-5)
-    assert all(np.isfinite(entry[k]) for k in ("force_mae", "force_rmse", "energy_mae_per_atom", "energy_rmse_per_atom"))
+    assert all(
+        np.isfinite(entry[k]) for k in ("force_mae", "force_rmse", "energy_mae_per_atom", "energy_rmse_per_atom")
+    )

@@ -40,7 +40,9 @@ def finish(process: subprocess.Popen) -> None:
 def kill_when(process: subprocess.Popen, condition, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while not condition():
-        assert process.poll() is None, "the generation finished before the crash point: " + process.stdout.read()[-2000:]
+        assert process.poll() is None, (
+            "the generation finished before the crash point: " + process.stdout.read()[-2000:]
+        )
         assert time.time() < deadline, "crash point never reached"
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # like a node dying: no clean-up of any kind
@@ -50,9 +52,7 @@ def kill_when(process: subprocess.Popen, condition, timeout: float = 600) -> Non
 def labels(db) -> dict:
     from pipeline import arrays
 
-    return {
-        d["frame_hash"]: (d["energy"], arrays.unpack(d["forces"], (d["n_atoms"], 3))) for d in db.labels.find()
-    }
+    return {d["frame_hash"]: (d["energy"], arrays.unpack(d["forces"], (d["n_atoms"], 3))) for d in db.labels.find()}
 
 
 @pytest.mark.parametrize("backend", ["pyscf", "xtb", "ase"])
@@ -93,8 +93,10 @@ def test_killed_during_labelling_and_exploring_resumes_exactly(mongo_server_uri,
         process = start_generation(crashed, tmp_path / "crashed", config)
         kill_when(
             process,
-            lambda: ((db.generations.find_one({"number": 1}) or {}).get("stages", {}).get("explore", {}).get("status"))
-            == "running",
+            lambda: (
+                ((db.generations.find_one({"number": 1}) or {}).get("stages", {}).get("explore", {}).get("status"))
+                == "running"
+            ),
         )
         finish(start_generation(crashed, tmp_path / "crashed", config))
         state = db.generations.find_one({"number": 1})

@@ -41,7 +41,12 @@ def selfplay(args, settings: dict, **env):
     environment.update(settings, **env)
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=environment, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return result, time.monotonic() - started
 

@@ -19,7 +19,12 @@ ELEMENTS = [1, 6, 8, 14, 26, 29, 47, 79, 83]
 
 def small_config(**overrides) -> ModelConfig:
     values = dict(
-        cutoff=4.0, scalar_channels=16, vector_channels=4, tensor_channels=3, layers=2, radial_hidden=12,
+        cutoff=4.0,
+        scalar_channels=16,
+        vector_channels=4,
+        tensor_channels=3,
+        layers=2,
+        radial_hidden=12,
         readout_hidden=16,
     )
     values.update(overrides)
@@ -36,7 +41,10 @@ def random_structure(n_atoms: int, pbc, seed: int, elements=ELEMENTS, min_distan
     while len(positions) < n_atoms:
         trial = rng.uniform(0, 1, 3) @ cell
         candidate = Atoms(positions=np.array(positions + [trial]), cell=cell, pbc=pbc)
-        if len(positions) == 0 or candidate.get_distances(len(positions), range(len(positions)), mic=True).min() > min_distance:
+        if (
+            len(positions) == 0
+            or candidate.get_distances(len(positions), range(len(positions)), mic=True).min() > min_distance
+        ):
             positions.append(trial)
     atoms = Atoms(numbers=rng.choice(elements, n_atoms), positions=np.array(positions), cell=cell, pbc=pbc)
     return atoms

@@ -61,7 +61,10 @@ def test_cached_validation_batches_give_the_metrics_of_a_fresh_evaluation(emt_tr
 
 def test_default_max_edges_chunks_a_large_batch_like_one_call(monkeypatch):
     ensemble = untrained("float32", n_members=2, seed=41)
-    frames = [random_structure(n, pbc, seed=50 + i) for i, (n, pbc) in enumerate([(9, True), (12, False), (7, True), (10, True)])]
+    frames = [
+        random_structure(n, pbc, seed=50 + i)
+        for i, (n, pbc) in enumerate([(9, True), (12, False), (7, True), (10, True)])
+    ]
     calls = []
     original = EnsemblePotential._evaluate_graphs
 

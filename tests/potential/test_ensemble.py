@@ -34,7 +34,9 @@ def test_one_pass_equals_members_evaluated_separately():
 
 def test_batched_evaluation_equals_one_by_one():
     ensemble = untrained("float32", n_members=2, seed=24)
-    frames = [random_structure(n, pbc, seed=s) for s, (n, pbc) in enumerate([(5, True), (11, False), (8, True), (1, False)])]
+    frames = [
+        random_structure(n, pbc, seed=s) for s, (n, pbc) in enumerate([(5, True), (11, False), (8, True), (1, False)])
+    ]
     batched = ensemble.evaluate(frames)
     chunked = ensemble.evaluate(frames, max_edges=50)  # forces several model calls
     for frame, a, c in zip(frames, batched, chunked):

@@ -29,7 +29,10 @@ def ensemble():
         (Atoms("H2", positions=[[0, 0, 0], [np.nan, 0, 0]]), "NaN"),
         (Atoms(), "no atoms"),
         (Atoms("Cu2", positions=[[0, 0, 0], [0.01, 0, 0]]), "overlap"),
-        (Atoms("Cu2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True), "zero volume"),
+        (
+            Atoms("Cu2", positions=[[0, 0, 0], [1, 1, 1]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True),
+            "zero volume",
+        ),
     ],
     ids=["Z=84", "Z=0", "nan", "empty", "overlap", "flat-cell"],
 )

@@ -40,7 +40,9 @@ def test_training_beats_baselines_on_held_out_frames(trained, emt_train_frames, 
     baseline = np.abs(true_forces - mean_train_force).mean()
     # composition-only energy baseline: per-element references fitted on the training set
     refs = fit_element_refs(
-        [a.numbers for a in emt_train_frames], np.array([a.get_potential_energy() for a in emt_train_frames]), N_ELEMENTS
+        [a.numbers for a in emt_train_frames],
+        np.array([a.get_potential_energy() for a in emt_train_frames]),
+        N_ELEMENTS,
     )
     e_true = np.array([a.get_potential_energy() / len(a) for a in emt_test_frames])
     e_pred = np.array([p["energy"] / len(a) for p, a in zip(predictions, emt_test_frames)])
@@ -84,9 +86,10 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, emt_test_fra
         np.testing.assert_array_equal(a["force_deviation"], b["force_deviation"])
     # saving a loaded ensemble again reproduces the files' content
     again = save_ensemble(loaded, tmp_path / "again")
-    assert json.loads((again / "model.json").read_text())["element_refs"] == json.loads(
-        (out / "model.json").read_text()
-    )["element_refs"]
+    assert (
+        json.loads((again / "model.json").read_text())["element_refs"]
+        == json.loads((out / "model.json").read_text())["element_refs"]
+    )
     as64 = load_ensemble(out, dtype="float64")
     e64 = as64.evaluate(frames[:1])[0]["energy"]
     assert e64 == pytest.approx(result.ensemble.evaluate(frames[:1])[0]["energy"], rel=1e-6)
@@ -142,7 +145,9 @@ def test_nve_md_conserves_energy(trained):
     atoms.set_chemical_symbols(symbols.tolist())
     atoms.calc = load_calculator(out)
     # ase >= 3.27 renamed MaxwellBoltzmannDistribution
-    thermalize = getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    thermalize = (
+        getattr(velocitydistribution, "thermalize_momenta", None) or velocitydistribution.MaxwellBoltzmannDistribution
+    )
     thermalize(atoms, temperature_K=300, rng=rng)
     Stationary(atoms)
     energies = []
@@ -196,12 +201,20 @@ def test_reference_data_is_really_emt(emt_train_frames):
 
 def test_training_without_validation_split_and_with_a_time_budget(emt_train_frames):
     frames = emt_train_frames[:6]
-    no_val = train_ensemble(frames, TrainConfig(epochs=2, val_fraction=0, ensemble_size=1, progress=False),
-                            model_config=small_config(dtype="float64"), device="cpu")
+    no_val = train_ensemble(
+        frames,
+        TrainConfig(epochs=2, val_fraction=0, ensemble_size=1, progress=False),
+        model_config=small_config(dtype="float64"),
+        device="cpu",
+    )
     assert no_val.n_val == 0 and no_val.val_force_baseline_mae is None
     assert len(no_val.metrics) == 2 and no_val.best.val_force_mae is None
-    timed = train_ensemble(frames, TrainConfig(epochs=50, max_seconds=0.01, ensemble_size=2, progress=False),
-                           model_config=small_config(), device="cpu")
+    timed = train_ensemble(
+        frames,
+        TrainConfig(epochs=50, max_seconds=0.01, ensemble_size=2, progress=False),
+        model_config=small_config(),
+        device="cpu",
+    )
     assert len(timed.metrics) == 1  # the budget ends training after the first step
 
 

@@ -14,8 +14,16 @@ from samplers.random_structures import RandomStructureConfig, random_structures
 
 def test_batched_driver_reproduces_ase_langevin(emt_scored, copper32):
     config = MeltQuenchConfig(
-        t_start=300, t_high=1800, t_end=600, heat_steps=10, hold_steps=5, cool_steps=10,
-        timestep_fs=2, friction_per_fs=0.05, frame_interval=5, hi=None,
+        t_start=300,
+        t_high=1800,
+        t_end=600,
+        heat_steps=10,
+        hold_steps=5,
+        cool_steps=10,
+        timestep_fs=2,
+        friction_per_fs=0.05,
+        frame_interval=5,
+        hi=None,
     )
     rattled = copper32.copy()
     rattled.rattle(0.05, seed=3)
@@ -35,8 +43,16 @@ def test_batched_driver_reproduces_ase_langevin(emt_scored, copper32):
 def test_same_physics_as_plain_ase_langevin_at_constant_temperature(emt_scored, copper32):
     """Independent of our ASE driver: ASE's Langevin set up by hand with the same random stream."""
     config = MeltQuenchConfig(
-        t_start=900, t_high=900, t_end=900, heat_steps=0, hold_steps=30, cool_steps=0,
-        timestep_fs=2, friction_per_fs=0.02, frame_interval=30, hi=None,
+        t_start=900,
+        t_high=900,
+        t_end=900,
+        heat_steps=0,
+        hold_steps=30,
+        cool_steps=0,
+        timestep_fs=2,
+        friction_per_fs=0.02,
+        frame_interval=30,
+        hi=None,
     )
     atoms = copper32.copy()
     atoms.calc = EMT()

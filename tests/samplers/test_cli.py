@@ -51,8 +51,21 @@ def test_extxyz_round_trip_keeps_scores_and_provenance(tmp_path, ensemble):
 
 def test_sample_then_select_on_files(tmp_path):
     explored = tmp_path / "explored.xyz"
-    result = invoke("sample", "--sampler", "random", "--elements", "Cu,Ni", "--elements", "O",
-                    "--count", "12", "--seed", "3", "--out", str(explored))
+    result = invoke(
+        "sample",
+        "--sampler",
+        "random",
+        "--elements",
+        "Cu,Ni",
+        "--elements",
+        "O",
+        "--count",
+        "12",
+        "--seed",
+        "3",
+        "--out",
+        str(explored),
+    )
     assert result.exit_code == 0, result.output
     assert "random: wrote 12 frames" in result.output
     frames = read_frames(explored)
@@ -64,8 +77,9 @@ def test_sample_then_select_on_files(tmp_path):
     known.write_text(frame_hash(frames[0]) + "\n")
     picked = tmp_path / "picked.xyz"
     report = tmp_path / "report.json"
-    result = invoke("select", str(explored), "--max", "5", "--known", str(known), "--out", str(picked),
-                    "--report", str(report))
+    result = invoke(
+        "select", str(explored), "--max", "5", "--known", str(known), "--out", str(picked), "--report", str(report)
+    )
     assert result.exit_code == 0, result.output
     chosen = read_frames(picked)
     # no model scored them: all unscored, eligible; the known one is dropped, 5 are picked
@@ -87,9 +101,27 @@ def test_melt_quench_from_a_saved_model(tmp_path, ensemble):
         "random:\n  min_atoms: 4\n  max_atoms: 8\n"
     )
     out, report = tmp_path / "mq.xyz", tmp_path / "mq.json"
-    result = invoke("sample", "--sampler", "melt-quench", "--model", str(model), "--elements", "Li,F",
-                    "--count", "2", "--seed", "1", "--config", str(settings), "--out", str(out),
-                    "--report", str(report), "--device", "cpu")
+    result = invoke(
+        "sample",
+        "--sampler",
+        "melt-quench",
+        "--model",
+        str(model),
+        "--elements",
+        "Li,F",
+        "--count",
+        "2",
+        "--seed",
+        "1",
+        "--config",
+        str(settings),
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     frames = read_frames(out)
     reports = json.loads(report.read_text())
@@ -110,8 +142,9 @@ def test_select_known_frames_from_an_extxyz(tmp_path, ensemble):
     write_frames(known, frames[:2])
     sigma = sorted(f.info["sigma_f"] for f in frames)
     lo, hi = sigma[0] / 2, sigma[-1] * 2  # all candidates
-    result = select(explored, out=out, lo=lo, hi=hi, max=10, known=known, sentinels=0, seed=0,
-                    balance=True, report=None)
+    result = select(
+        explored, out=out, lo=lo, hi=hi, max=10, known=known, sentinels=0, seed=0, balance=True, report=None
+    )
     assert result.counts["candidate"] == 6
     assert [d.reason for d in result.decisions[:2]] == ["duplicate-known", "duplicate-known"]
     assert len(read_frames(out)) == len(result.selected) <= 4
@@ -128,20 +161,60 @@ def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="melt-quench needs --model"):
         run_sampler("melt-quench", None, ["Cu"], 1, 0)
     with pytest.raises(DataFileError, match="does not exist"):
-        sample(sampler="random", elements=["Cu"], out=out, model=tmp_path / "nope", count=1, seed=0,
-               config=None, structures=None, device=None, report=None)
+        sample(
+            sampler="random",
+            elements=["Cu"],
+            out=out,
+            model=tmp_path / "nope",
+            count=1,
+            seed=0,
+            config=None,
+            structures=None,
+            device=None,
+            report=None,
+        )
     with pytest.raises(ConfigError, match="lo \\(0.5\\) must be below hi \\(0.5\\)"):
-        select(tmp_path / "whatever.xyz", out=out, lo=0.5, hi=0.5, max=3, known=None, sentinels=0, seed=0,
-               balance=True, report=None)
+        select(
+            tmp_path / "whatever.xyz",
+            out=out,
+            lo=0.5,
+            hi=0.5,
+            max=3,
+            known=None,
+            sentinels=0,
+            seed=0,
+            balance=True,
+            report=None,
+        )
     settings = tmp_path / "settings.yaml"
     settings.write_text("random:\n  packing_fraction: 1.0\n  min_distance_fraction: 0.95\n")
     with pytest.raises(ConfigError, match="impossible density"):
-        sample(sampler="random", elements=["Cu"], out=out, model=None, count=1, seed=0, config=settings,
-               structures=None, device=None, report=None)
+        sample(
+            sampler="random",
+            elements=["Cu"],
+            out=out,
+            model=None,
+            count=1,
+            seed=0,
+            config=settings,
+            structures=None,
+            device=None,
+            report=None,
+        )
     settings.write_text("random:\n  elements: [Cu]\n")
     with pytest.raises(ConfigError, match="give elements with --elements"):
-        sample(sampler="random", elements=["Cu"], out=out, model=None, count=1, seed=0, config=settings,
-               structures=None, device=None, report=None)
+        sample(
+            sampler="random",
+            elements=["Cu"],
+            out=out,
+            model=None,
+            count=1,
+            seed=0,
+            config=settings,
+            structures=None,
+            device=None,
+            report=None,
+        )
     for error in (ConfigError("a"), DataFileError("b")):
         assert isinstance(error, SelfplayError)
 

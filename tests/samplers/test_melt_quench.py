@@ -25,8 +25,17 @@ def steps(trajectory):
 
 def test_kinetic_temperature_follows_the_schedule(emt_scored, copper32):
     config = MeltQuenchConfig(
-        t_start=300, t_high=2500, t_end=300, heat_steps=60, hold_steps=120, cool_steps=120,
-        timestep_fs=2, friction_per_fs=0.1, frame_interval=5, hi=None, driver="ase",
+        t_start=300,
+        t_high=2500,
+        t_end=300,
+        heat_steps=60,
+        hold_steps=120,
+        cool_steps=120,
+        timestep_fs=2,
+        friction_per_fs=0.1,
+        frame_interval=5,
+        hi=None,
+        driver="ase",
     )
     (trajectory,) = run_melt_quench(emt_scored, [copper32], config, seed=0)
     assert trajectory.stop.reason == "completed" and trajectory.stop.step == 300
@@ -50,8 +59,16 @@ def test_kinetic_temperature_follows_the_schedule(emt_scored, copper32):
 
 
 def test_stops_at_the_first_uncertain_frame(emt_scored, copper32):
-    base = dict(t_start=500, t_high=3000, heat_steps=60, hold_steps=0, cool_steps=0, timestep_fs=2,
-                frame_interval=5, driver="ase")
+    base = dict(
+        t_start=500,
+        t_high=3000,
+        heat_steps=60,
+        hold_steps=0,
+        cool_steps=0,
+        timestep_fs=2,
+        frame_interval=5,
+        driver="ase",
+    )
     (free,) = run_melt_quench(emt_scored, [copper32], MeltQuenchConfig(hi=None, **base), seed=4)
     sigma = series(free, "sigma_f")
     # first frame above the median: every frame before it is below, so with hi at its value
@@ -78,8 +95,17 @@ def test_stops_at_the_first_uncertain_frame(emt_scored, copper32):
 
 
 def test_stops_at_the_first_unphysical_frame(emt_scored, copper32):
-    base = dict(t_start=2000, t_high=4000, heat_steps=40, hold_steps=0, cool_steps=0, timestep_fs=2,
-                frame_interval=2, driver="ase", hi=None)
+    base = dict(
+        t_start=2000,
+        t_high=4000,
+        heat_steps=40,
+        hold_steps=0,
+        cool_steps=0,
+        timestep_fs=2,
+        frame_interval=2,
+        driver="ase",
+        hi=None,
+    )
     (free,) = run_melt_quench(emt_scored, [copper32], MeltQuenchConfig(min_covalent_ratio=0.0, **base), seed=1)
     ratios = np.array([min_distance_ratio(frame)[1] for frame in free.frames])
     # fcc Cu starts at 2.55 Å = 0.97 x (2 r_cov); hot atoms come closer
@@ -108,8 +134,18 @@ def test_nan_and_exploding_cells_are_unphysical(copper32):
 
 def test_npt_changes_the_cell_and_keeps_the_temperature(emt_scored, copper32):
     config = MeltQuenchConfig(
-        ensemble="npt", t_start=600, t_high=600, t_end=600, heat_steps=0, hold_steps=100, cool_steps=0,
-        timestep_fs=2, friction_per_fs=0.1, barostat_tau_fs=100, frame_interval=5, hi=None,
+        ensemble="npt",
+        t_start=600,
+        t_high=600,
+        t_end=600,
+        heat_steps=0,
+        hold_steps=100,
+        cool_steps=0,
+        timestep_fs=2,
+        friction_per_fs=0.1,
+        barostat_tau_fs=100,
+        frame_interval=5,
+        hi=None,
     )
     (trajectory,) = run_melt_quench(emt_scored, [copper32], config, seed=2)
     assert trajectory.stop.reason == "completed"

@@ -125,7 +125,9 @@ def test_bad_configuration_is_one_clear_line(values, expected):
 
 def test_impossible_density_is_reported():
     # covalent spheres shrunk to 0.9 still fill more than close packing allows
-    config = RandomStructureConfig(elements=["Cu"], min_atoms=8, max_atoms=8, packing_fraction=1.0, min_distance_fraction=0.95)
+    config = RandomStructureConfig(
+        elements=["Cu"], min_atoms=8, max_atoms=8, packing_fraction=1.0, min_distance_fraction=0.95
+    )
     with pytest.raises(ConfigError, match="impossible density"):
         random_structures(config, seed=0, count=1)
     # not provably impossible, but random insertion cannot reach it: gives up after the attempts

@@ -24,8 +24,14 @@ from samplers.substitution import (
 
 
 def test_builtin_prototypes_are_sane_structures():
-    expected = {"rocksalt-NaCl": "Cl4Na4", "perovskite-SrTiO3": "O3SrTi", "rutile-TiO2": "O4Ti2",
-                "antifluorite-Li2O": "Li8O4", "fluorite-CaF2": "Ca4F8", "wurtzite-ZnO": "O2Zn2"}
+    expected = {
+        "rocksalt-NaCl": "Cl4Na4",
+        "perovskite-SrTiO3": "O3SrTi",
+        "rutile-TiO2": "O4Ti2",
+        "antifluorite-Li2O": "Li8O4",
+        "fluorite-CaF2": "Ca4F8",
+        "wurtzite-ZnO": "O2Zn2",
+    }
     for name in PROTOTYPES:
         atoms = prototype_structure(name)
         check_atoms(atoms, name, min_covalent_ratio=0.6)
@@ -122,8 +128,9 @@ def test_relaxation_with_the_model_lowers_the_energy(ensemble):
 
 
 def test_md_follow_up_uses_the_model(ensemble):
-    md = MeltQuenchConfig(t_start=500, t_high=500, t_end=500, heat_steps=0, hold_steps=10, cool_steps=0,
-                          frame_interval=5, hi=None)
+    md = MeltQuenchConfig(
+        t_start=500, t_high=500, t_end=500, heat_steps=0, hold_steps=10, cool_steps=0, frame_interval=5, hi=None
+    )
     config = SubstitutionConfig(elements=["Li", "Na", "F"], prototypes=["rocksalt-NaCl"], relax="md", md=md)
     frames = list(sample_substitution(ensemble, config, seed=1, count=2))
     assert len(frames) == 2 * 3  # steps 0, 5, 10 of two trajectories

@@ -113,9 +113,7 @@ def test_candidates_are_ranked_by_the_larger_normalised_deviation():
     np.testing.assert_allclose(score, [2.0, 4.0, 6.0, np.inf])
     np.testing.assert_allclose(uncertainty_score(sigma_f, 0.05, sigma_e=sigma_e), [2.0, 0.0, 6.0, np.inf])
     # the first farthest-point pick is the most uncertain frame: here the σ_F = 0 one
-    result = select_arrays(
-        [0.1, 0.0], *plain(2), SelectionConfig(**ENERGY, max_selected=1), sigma_e=[0.0, 0.02]
-    )
+    result = select_arrays([0.1, 0.0], *plain(2), SelectionConfig(**ENERGY, max_selected=1), sigma_e=[0.0, 0.02])
     assert result.selected == [1] and result.decisions[0].reason == "over-cap"
     # of two near-duplicates the one with the larger normalised deviation is kept
     groups, hashes, _ = plain(2)

@@ -14,11 +14,23 @@ def test_each_frame_counts_once_per_distinct_element():
     )
     assert list(ledger) == ["H", "O", "Cu"]  # atomic-number order
     assert ledger["H"] == {
-        "explored": 2, "accurate": 1, "candidate": 1, "failed": 0, "unscored": 0, "selected": 1, "sentinel": 1
+        "explored": 2,
+        "accurate": 1,
+        "candidate": 1,
+        "failed": 0,
+        "unscored": 0,
+        "selected": 1,
+        "sentinel": 1,
     }
     assert ledger["O"]["explored"] == 2 and ledger["O"]["failed"] == 1 and ledger["O"]["selected"] == 1
     assert ledger["Cu"] == {
-        "explored": 1, "accurate": 0, "candidate": 0, "failed": 1, "unscored": 0, "selected": 0, "sentinel": 0
+        "explored": 1,
+        "accurate": 0,
+        "candidate": 0,
+        "failed": 1,
+        "unscored": 0,
+        "selected": 0,
+        "sentinel": 0,
     }
 
 
@@ -27,7 +39,13 @@ def test_add_counts_and_totals():
     b = {"H": {"explored": 1, "labelled": 1}, "He": {"explored": 4}}
     assert add_counts(a, b) == {"H": {"explored": 3, "selected": 1, "labelled": 1}, "He": {"explored": 4}}
     assert totals(["accurate", "candidate", "candidate"], [False, True, False], [True, False, False]) == {
-        "explored": 3, "accurate": 1, "candidate": 2, "failed": 0, "unscored": 0, "selected": 1, "sentinel": 1
+        "explored": 3,
+        "accurate": 1,
+        "candidate": 2,
+        "failed": 0,
+        "unscored": 0,
+        "selected": 1,
+        "sentinel": 1,
     }
     assert frame_elements([8, 1, 1, 29]) == ["H", "O", "Cu"]
 

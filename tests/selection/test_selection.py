@@ -81,9 +81,7 @@ def test_adaptive_thresholds_follow_quantiles_within_bounds():
     fixed = resolve_thresholds(SelectionConfig(lo=0.1, hi=0.4), history)
     assert (fixed.lo, fixed.hi, fixed.adaptive) == (0.1, 0.4, False)
     # the thresholds used are the ones applied to the batch
-    result = select_arrays(
-        [0.2, 0.27, 0.96], [["Cu"]] * 3, ["a", "b", "c"], np.eye(3), config, history=history
-    )
+    result = select_arrays([0.2, 0.27, 0.96], [["Cu"]] * 3, ["a", "b", "c"], np.eye(3), config, history=history)
     assert [d.cls for d in result.decisions] == ["accurate", "candidate", "failed"]
     assert result.lo == pytest.approx(0.25) and result.adaptive
 
@@ -156,9 +154,12 @@ def test_cap_is_respected_and_the_rest_is_over_cap():
     # four points of a 12-gon spread as far as possible are a square
     chosen = np.sort(np.asarray(result.selected))
     assert np.all(np.diff(chosen) == 3)
-    assert select_arrays(
-        np.full(n, 0.2), [["Ni"]] * n, [str(i) for i in range(n)], descriptors, SelectionConfig(max_selected=0)
-    ).selected == []
+    assert (
+        select_arrays(
+            np.full(n, 0.2), [["Ni"]] * n, [str(i) for i in range(n)], descriptors, SelectionConfig(max_selected=0)
+        ).selected
+        == []
+    )
 
 
 def test_rare_elements_are_not_crowded_out():
@@ -173,7 +174,9 @@ def test_rare_elements_are_not_crowded_out():
     hashes = [str(i) for i in range(22)]
     # Plain FPS with a cap of 4: two opposite circle points (distance 20), then the two at
     # 90 degrees (14.1 from both), always farther than the centre (10).
-    plain = select_arrays(sigma, groups, hashes, descriptors, SelectionConfig(max_selected=4, per_element_balance=False))
+    plain = select_arrays(
+        sigma, groups, hashes, descriptors, SelectionConfig(max_selected=4, per_element_balance=False)
+    )
     assert sorted(plain.selected) == [0, 5, 10, 15]
     balanced = select_arrays(sigma, groups, hashes, descriptors, SelectionConfig(max_selected=4))
     assert {20, 21} <= set(balanced.selected) and len(balanced.selected) == 4
@@ -210,7 +213,13 @@ def test_every_decision_and_the_ledger_are_recorded():
     classes = [d.cls for d in result.decisions]
     assert classes == ["accurate", "candidate", "failed", "candidate", "unscored"]
     assert result.counts == {
-        "explored": 5, "accurate": 1, "candidate": 2, "failed": 1, "unscored": 1, "selected": 2, "sentinel": 0
+        "explored": 5,
+        "accurate": 1,
+        "candidate": 2,
+        "failed": 1,
+        "unscored": 1,
+        "selected": 2,
+        "sentinel": 0,
     }
     # Eligible: 1 (CuO, desc 1), 3 (CuO, desc 8), 4 (Cu2, desc 4, unscored). O is the rarer
     # element (2 eligible frames against 3 for Cu), so its turn comes first and takes the more
@@ -219,10 +228,22 @@ def test_every_decision_and_the_ledger_are_recorded():
     assert result.selected == [3, 1]
     assert result.decisions[4].reason == "over-cap"
     assert result.ledger["Cu"] == {
-        "explored": 4, "accurate": 1, "candidate": 2, "failed": 0, "unscored": 1, "selected": 2, "sentinel": 0
+        "explored": 4,
+        "accurate": 1,
+        "candidate": 2,
+        "failed": 0,
+        "unscored": 1,
+        "selected": 2,
+        "sentinel": 0,
     }
     assert result.ledger["O"] == {
-        "explored": 3, "accurate": 0, "candidate": 2, "failed": 1, "unscored": 0, "selected": 2, "sentinel": 0
+        "explored": 3,
+        "accurate": 0,
+        "candidate": 2,
+        "failed": 1,
+        "unscored": 0,
+        "selected": 2,
+        "sentinel": 0,
     }
     record = json.loads(json.dumps(result.to_dict()))
     assert record["decisions"][4]["sigma_f"] is None

@@ -34,7 +34,19 @@ def test_batched_frame_documents_equal_the_single_frame_ones():
     for atoms, doc, prov in zip(frames, docs, provenance):
         assert doc["hash"] == frame_hash(atoms)
         single = frame_fields(atoms, source="s", generation=4, provenance=prov)
-        for key in ("hash", "n_atoms", "numbers", "positions", "cell", "pbc", "elements", "formula", "generation", "source", "provenance"):
+        for key in (
+            "hash",
+            "n_atoms",
+            "numbers",
+            "positions",
+            "cell",
+            "pbc",
+            "elements",
+            "formula",
+            "generation",
+            "source",
+            "provenance",
+        ):
             assert doc[key] == single[key], key
         assert doc["formula"] == hill_formula(atoms.numbers)
     assert "generation" not in frame_documents(frames[:1], source="s")[0]  # unset fields are left out
@@ -69,8 +81,14 @@ def test_bulk_insert_stores_the_selection_fields(store):
     frames = emt_dataset(2, seed=9)
     deviation = [np.full(len(a), 0.2) for a in frames]
     add_labelled_frames(
-        frames, labels_for(frames), theory="t", source="s",
-        sigma_f=[0.2, 0.2], sigma_e=[0.01, None], force_deviation=deviation, selected_as=["candidate", "sentinel"],
+        frames,
+        labels_for(frames),
+        theory="t",
+        source="s",
+        sigma_f=[0.2, 0.2],
+        sigma_e=[0.01, None],
+        force_deviation=deviation,
+        selected_as=["candidate", "sentinel"],
     )
     stored = {f.hash: f for f in Frame.objects}
     first, second = (stored[frame_hash(a)] for a in frames)
@@ -138,9 +156,13 @@ def test_export_joins_labels_to_frames_in_frame_order(store, tmp_path, monkeypat
     stored = [add_frame(a, source="test", generation=i % 2)[0] for i, a in enumerate(frames)]
     for i in [5, 0, 3, 6, 1]:  # labels in an order unrelated to the frames'
         atoms = frames[i]
-        add_label(stored[i], theory="b", energy=atoms.get_potential_energy(), forces=atoms.get_forces(), generation=i % 2)
+        add_label(
+            stored[i], theory="b", energy=atoms.get_potential_energy(), forces=atoms.get_forces(), generation=i % 2
+        )
         if i % 2:
-            add_label(stored[i], theory="a", energy=-1.0 * i, forces=np.full((len(atoms), 3), float(i)), generation=i % 2)
+            add_label(
+                stored[i], theory="a", energy=-1.0 * i, forces=np.full((len(atoms), 3), float(i)), generation=i % 2
+            )
     Frame._get_collection().delete_one({"_id": stored[3].id})  # label of frame 3 now dangles
 
     def exported(**query):
@@ -157,9 +179,9 @@ def test_export_joins_labels_to_frames_in_frame_order(store, tmp_path, monkeypat
         monkeypatch.setattr(reads, "MERGE_JOIN_FRACTION", fraction)
         assert exported(theories=["a", "b"]) == expected
         assert exported(generation=1) == [e for e in expected if e[0] in {stored[1].hash, stored[5].hash}]
-        assert [(r.frame_hash, r.theory) for r in export.iter_records(export.label_query(theories=["b"]), batch_size=2)] == [
-            e[:2] for e in expected if e[1] == "b"
-        ]
+        assert [
+            (r.frame_hash, r.theory) for r in export.iter_records(export.label_query(theories=["b"]), batch_size=2)
+        ] == [e[:2] for e in expected if e[1] == "b"]
     record = next(r for r in export.iter_records() if r.theory == "a")
     assert np.array_equal(record.forces, np.full((len(frames[1]), 3), 1.0))
 
@@ -175,12 +197,16 @@ def test_export_batches_round_trip_through_hdf5_bit_exact(store, tmp_path):
     frames = []
     for i in range(45):
         n = int(rng.integers(1, 6))
-        atoms = Atoms(numbers=rng.integers(1, 84, n), positions=3.0 * np.arange(n)[:, None] + rng.normal(size=(n, 3)) * 0.1)
+        atoms = Atoms(
+            numbers=rng.integers(1, 84, n), positions=3.0 * np.arange(n)[:, None] + rng.normal(size=(n, 3)) * 0.1
+        )
         if i % 3 == 0:
             atoms.cell = np.eye(3) * 3.0 * n + 10
             atoms.pbc = True
         frames.append(atoms)
-    labels = [(float(rng.normal()), rng.normal(size=(len(a), 3)), rng.normal(size=6) if a.pbc.all() else None) for a in frames]
+    labels = [
+        (float(rng.normal()), rng.normal(size=(len(a), 3)), rng.normal(size=6) if a.pbc.all() else None) for a in frames
+    ]
     add_labelled_frames(frames, labels, theory="t", source="synthetic")
     import pipeline.export as export
     import pipeline.reads as reads

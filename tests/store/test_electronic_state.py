@@ -27,8 +27,14 @@ def _store_three():
     for atoms, state in entries:
         frame, _ = add_frame(atoms, source="test")
         stress = rng.normal(size=6) if atoms.pbc.all() else None
-        add_label(frame, theory="t", energy=float(rng.normal()), forces=rng.normal(size=(len(atoms), 3)),
-                  stress=stress, **state)
+        add_label(
+            frame,
+            theory="t",
+            energy=float(rng.normal()),
+            forces=rng.normal(size=(len(atoms), 3)),
+            stress=stress,
+            **state,
+        )
     return {atoms.get_chemical_formula(): state for atoms, state in entries}
 
 

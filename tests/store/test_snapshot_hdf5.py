@@ -139,8 +139,16 @@ def _records(n: int, seed: int) -> list[Record]:
     frames, labels = _frames(n, seed)
     return [
         Record(
-            numbers=a.numbers.astype("u1"), positions=a.positions, cell=a.cell.array, pbc=a.pbc, energy=e,
-            forces=f, stress=s, frame_hash=frame_hash(a), theory="t", source="md",
+            numbers=a.numbers.astype("u1"),
+            positions=a.positions,
+            cell=a.cell.array,
+            pbc=a.pbc,
+            energy=e,
+            forces=f,
+            stress=s,
+            frame_hash=frame_hash(a),
+            theory="t",
+            source="md",
         )
         for a, (e, f, s) in zip(frames, labels)
     ]

@@ -118,7 +118,9 @@ def test_summary_counts_per_element(store):
     for i, atoms in enumerate(frames):
         frame, _ = add_frame(atoms, source="test", generation=i % 2)
         if i < 4:
-            add_label(frame, theory="t", energy=atoms.get_potential_energy(), forces=atoms.get_forces(), generation=i % 2)
+            add_label(
+                frame, theory="t", energy=atoms.get_potential_energy(), forces=atoms.get_forces(), generation=i % 2
+            )
         else:
             add_failure(frame, theory="t", reason="x", generation=i % 2)
     summary = dataset_summary()
