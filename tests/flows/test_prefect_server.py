@@ -59,8 +59,14 @@ def test_nightly_deployment_runs_to_completion(prefect_server, server_store, tmp
         run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", output).group(1)
         state = wait_for_final_state(api, run_id, timeout=900)
     finally:
+        # A worker on a loaded machine can take longer than its grace period to wind down
+        # after SIGTERM; what is tested is the flow run's final state, so stop it for sure.
         worker.terminate()
-        worker.wait(30)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(30)
         worker_log.close()
     assert state == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
 
