@@ -228,6 +228,11 @@ def select_stage(ctx: StageContext) -> dict:
 
     config, generation = ctx.config, ctx.generation
     frames = explored_frames(generation)
+    fit = latest_calibration_fit(generation.number) if config.selection.calibrated else None
+    if fit is not None:
+        from potential.evaluation import calibrated_frames
+
+        frames = calibrated_frames(frames, fit)  # the trust window now compares expected errors
     result = select_frames(
         frames,
         config.selection,
@@ -253,6 +258,7 @@ def select_stage(ctx: StageContext) -> dict:
         set__ledger=store_safe(result.ledger),
         set__counts=store_safe(result.counts),
         set__thresholds={
+            "calibrated_by": fit.get("generation") if fit else None,
             "lo": result.lo,
             "hi": result.hi,
             "e_lo": result.e_lo,
@@ -275,6 +281,15 @@ def _sigma_summary(decisions, rng: np.random.Generator) -> dict:
             f"q{round(q * 100)}": float(np.quantile(sigma, q)) for q in (0.1, 0.5, 0.9, 0.99)
         }
     return summary
+
+
+def latest_calibration_fit(number: int) -> Optional[dict]:
+    """The newest earlier generation's fit of the true error against the ensemble spread."""
+    for previous in Generation.objects(number__lt=number).order_by("-number").only("number", "metrics").limit(5):
+        fit = (previous.metrics or {}).get("calibration_fit")
+        if fit and fit.get("force_scale") is not None:
+            return {**fit, "generation": previous.number}
+    return None
 
 
 def frames_to_label(config: SelfplayConfig, generation: Generation) -> list[Frame]:
@@ -391,6 +406,10 @@ def report_stage(ctx: StageContext, write_files: bool = True) -> dict:
     metrics["model"] = stats.to_dict() if stats else None
     metrics["sentinel"] = sentinel_stats.to_dict() if sentinel_stats else None
     metrics["calibration"] = calibration + sentinel_calibration
+    # The fit of the true error against the spread, over everything this generation labelled
+    # (candidates lean to high σ, sentinels are random: together they span the range).
+    union, _ = model_errors(model, labelled)
+    metrics["calibration_fit"] = union.calibration_fit if union else None
     metrics["stage_seconds"] = {s: stage_state(generation, s).get("seconds") for s in stage_names()}
     probes = evaluate_probe_sets(config, generation, model)
     if probes is None:

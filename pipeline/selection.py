@@ -29,6 +29,13 @@ baseline active learning is measured against (``benchmarks/bench_active_learning
 ``max_selected`` frames are drawn uniformly at random from *every* explored frame that
 passes the geometry filter and is neither in the database nor an exact duplicate of an
 earlier frame of the batch (no near-duplicate filter, no diversity, no element balance).
+Two batch-mode alternatives keep the trust window and the filters of ``uncertainty`` but
+weigh uncertainty by how representative a frame is, instead of pushing picks apart:
+``weighted`` draws the cap at random with probability ∝ the uncertainty score (so the
+picks follow where the explored frames are, tilted towards the uncertain ones), and
+``representative`` clusters the eligible frames by k-means on the descriptors into
+``max_selected`` clusters and takes the most uncertain frame of each (dense regions get
+more clusters; a lone outlier gets at most one pick).
 
 All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
 :class:`FrameDecision` per input frame and the per-element ledger.
@@ -72,7 +79,9 @@ class SelectionConfig(BaseModel):
     strategy: Literal["uncertainty", "random", "weighted", "representative"] = Field(
         "uncertainty",
         description="uncertainty: trust window, near-duplicates out, farthest points up to the cap; "
-        "random: the cap drawn at random from every sane, new explored frame (the passive baseline)",
+        "random: the cap drawn at random from every sane, new explored frame (the passive baseline); "
+        "weighted: trust window, the cap drawn with probability ∝ uncertainty; "
+        "representative: trust window, k-means into cap clusters, the most uncertain frame of each",
     )
     lo: float = Field(0.05, gt=0, description="below: accurate (eV/Å)")
     hi: float = Field(0.5, gt=0, description="at or above: failed (eV/Å)")
@@ -81,6 +90,11 @@ class SelectionConfig(BaseModel):
         True, description="share the cap round-robin over elements, rarest first, so rare chemistries get picks"
     )
     adaptive: bool = Field(False, description="derive lo/hi from quantiles of recent σ_F history")
+    calibrated: bool = Field(
+        False,
+        description="scale σ_F (per element) and σ_E by the last generation's fit of the true error against "
+        "them, so that lo/hi and e_lo/e_hi are expected errors (eV/Å, eV/atom); off until shown to help",
+    )
     lo_quantile: float = Field(0.5, ge=0, le=1, description="adaptive lo = this quantile of the history")
     hi_quantile: float = Field(0.95, ge=0, le=1, description="adaptive hi = this quantile of the history")
     lo_bounds: tuple[float, float] = Field((0.02, 0.25), description="adaptive lo is clipped to [min, max]")
@@ -659,9 +673,19 @@ def _pick_weighted(
     return selected
 
 
-def kmeans_labels(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.ndarray:
-    """Cluster of each row of ``x`` after k-means (k-means++ start, Lloyd iterations)."""
+def kmeans_labels(x: np.ndarray, k: int, seed: int, iterations: int = 30, restarts: int = 4) -> np.ndarray:
+    """Cluster of each row of ``x`` after k-means: the lowest within-cluster sum of squares of
+    ``restarts`` runs (k-means++ start, Lloyd iterations)."""
     rng = np.random.default_rng([int(seed), 0x4B4D])
+    best, best_cost = None, np.inf
+    for _ in range(restarts):
+        labels, cost = _kmeans_once(np.asarray(x, dtype=np.float64), k, rng, iterations)
+        if cost < best_cost:
+            best, best_cost = labels, cost
+    return best
+
+
+def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, float]:
     n = len(x)
     centres = [x[int(rng.integers(n))]]
     d2 = ((x - centres[0]) ** 2).sum(1)
@@ -682,7 +706,7 @@ def kmeans_labels(x: np.ndarray, k: int, seed: int, iterations: int = 30) -> np.
             members = x[labels == c]
             if len(members):
                 centres[c] = members.mean(0)
-    return labels
+    return labels, float(((x - centres[labels]) ** 2).sum())
 
 
 def _pick_representative(
@@ -822,7 +846,9 @@ def select_arrays(
     Phases: classify (trust windows), filter eligible frames (geometry, hashes), rank
     them by :func:`uncertainty_score`, drop near-duplicates and pick for diversity up to
     the cap, draw sentinels, count. With ``config.strategy == "random"`` every class is
-    eligible and the cap is drawn at random instead (seeded by ``seed``).
+    eligible and the cap is drawn at random instead (seeded by ``seed``); ``weighted`` and
+    ``representative`` replace the near-duplicate and farthest-point phase (see the
+    module docstring), also seeded by ``seed``.
     """
     sigma, sigma_e, element_sets = _checked_inputs(sigma, sigma_e, element_sets, hashes, descriptors)
     n = len(sigma)

@@ -110,3 +110,52 @@ def test_uncertainty_strategy_is_unchanged_by_the_option():
     )
     assert base.selected == explicit.selected and base.sentinels == explicit.sentinels
     assert all(0.05 <= sigma[i] < 0.5 for i in base.selected)
+
+
+# --------------------------------------------------------------------------- weighted, representative
+
+
+def two_blobs(n_big: int = 40, n_small: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A dense blob of moderately uncertain frames and a few far, very uncertain outliers."""
+    rng = np.random.default_rng(0)
+    descriptors = np.concatenate([rng.normal(0, 0.1, (n_big, 2)), rng.normal(10, 0.1, (n_small, 2))])
+    sigma = np.concatenate([rng.uniform(0.1, 0.2, n_big), np.full(n_small, 0.45)])
+    return descriptors, sigma
+
+
+def test_weighted_draws_follow_the_uncertainty_score():
+    sigma = np.array([0.06] * 20 + [0.4] * 20)
+    config = SelectionConfig(strategy="weighted", max_selected=5, lo=0.05, hi=0.5)
+    high = 0
+    for seed in range(100):
+        result = select_arrays(sigma, *plain(40), config, seed=seed)
+        assert len(result.selected) == 5 == len(set(result.selected))
+        high += sum(i >= 20 for i in result.selected)
+    assert 0.8 < high / 500 < 0.95  # weights 0.4 : 0.06 without replacement: mostly, not only, the uncertain
+    assert select_arrays(sigma, *plain(40), config, seed=1).selected == select_arrays(sigma, *plain(40), config, seed=1).selected
+
+
+def test_weighted_and_representative_keep_the_trust_window():
+    sigma = np.array([0.01, 0.2, 0.3, 0.9, np.nan])
+    for strategy in ("weighted", "representative"):
+        result = select_arrays(sigma, *plain(5), SelectionConfig(strategy=strategy, max_selected=10, lo=0.05, hi=0.5))
+        assert sorted(result.selected) == [1, 2, 4], strategy  # candidates and unscored only
+
+
+def test_representative_spends_the_cap_where_the_frames_are():
+    descriptors, sigma = two_blobs()
+    n = len(sigma)
+    elements, hashes = [["Cu"]] * n, [f"h{i}" for i in range(n)]
+    config = SelectionConfig(max_selected=4, lo=0.05, hi=0.5)
+    fps = select_arrays(sigma, elements, hashes, descriptors, config)
+    representative = select_arrays(
+        sigma, elements, hashes, descriptors, config.model_copy(update={"strategy": "representative"}), seed=2
+    )
+    outliers = set(range(40, n))
+    # farthest points: the outliers' corner first; k-means: most picks in the dense blob
+    assert sum(i in outliers for i in fps.selected) >= 1
+    assert sum(i not in outliers for i in representative.selected) >= 3
+    # within a cluster the most uncertain frame is taken
+    blob_picks = [i for i in representative.selected if i not in outliers]
+    assert all(sigma[i] >= np.quantile(sigma[:40], 0.5) for i in blob_picks)
+    assert len(representative.selected) == 4 == len(set(representative.selected))
