@@ -206,14 +206,22 @@ def attach_label(atoms: Atoms, energy: float, forces, stress=None, magmoms=None)
     return atoms
 
 
-class Frame(me.Document):
+class StoredStructure(me.Document):
+    """The fields of a stored structure (:func:`stored_structure` reads them back)."""
+
+    meta = {"abstract": True}
+
+    #: Content hash of numbers, positions, cell and pbc (pipeline.hashing).
     hash = me.StringField(required=True, max_length=64)
     n_atoms = me.IntField(required=True, min_value=1)
     numbers = me.BinaryField(required=True)
-    positions = me.BinaryField(required=True)
-    cell = me.BinaryField(required=True)
+    positions = me.BinaryField(required=True)  # Å, (n_atoms, 3)
+    cell = me.BinaryField(required=True)  # Å, rows are lattice vectors
     pbc = me.ListField(me.BooleanField(), required=True)
     elements = me.ListField(me.StringField(), required=True)
+
+
+class Frame(StoredStructure):
     formula = me.StringField(required=True)
     #: Generation whose exploration produced the frame (None for imported frames).
     generation = me.IntField()
@@ -409,18 +417,11 @@ class ProbeSet(me.Document):
     meta = {"collection": "probe_sets", "indexes": [{"fields": ["name"], "unique": True}]}
 
 
-class ProbeFrame(me.Document):
+class ProbeFrame(StoredStructure):
     """One labelled structure of a :class:`ProbeSet` (arrays as in :class:`Frame`/:class:`Label`)."""
 
     probe_set = me.ReferenceField(ProbeSet, required=True)
     index = me.IntField(required=True, min_value=0)
-    hash = me.StringField(required=True, max_length=64)
-    n_atoms = me.IntField(required=True, min_value=1)
-    numbers = me.BinaryField(required=True)
-    positions = me.BinaryField(required=True)
-    cell = me.BinaryField(required=True)
-    pbc = me.ListField(me.BooleanField(), required=True)
-    elements = me.ListField(me.StringField(), required=True)
     energy = me.FloatField(required=True)  # eV
     forces = me.BinaryField(required=True)  # eV/Å, (n_atoms, 3)
     stress = me.BinaryField()  # eV/Å³, Voigt order xx yy zz yz xz xy

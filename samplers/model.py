@@ -66,18 +66,14 @@ class CalculatorEvaluator:
         return out
 
 
+#: What the sampler calculators return: ASE's properties and the ensemble's scores.
+SCORED_PROPERTIES = ("energy", "free_energy", "forces", "stress", "force_deviation", "energy_deviation", "descriptor")
+
+
 class EvaluatorCalculator(Calculator):
     """ASE calculator over a batch evaluator (one structure per call)."""
 
-    implemented_properties = [
-        "energy",
-        "free_energy",
-        "forces",
-        "stress",
-        "force_deviation",
-        "energy_deviation",
-        "descriptor",
-    ]
+    implemented_properties = list(SCORED_PROPERTIES)
 
     def __init__(self, evaluator: BatchEvaluator, **kwargs):
         super().__init__(**kwargs)
@@ -98,15 +94,7 @@ class ScoredCalculator(Calculator):
     configurations whose score is requested, i.e. the frames a sampler keeps.
     """
 
-    implemented_properties = [
-        "energy",
-        "free_energy",
-        "forces",
-        "stress",
-        "force_deviation",
-        "energy_deviation",
-        "descriptor",
-    ]
+    implemented_properties = list(SCORED_PROPERTIES)
 
     def __init__(self, driver: Calculator, scorer: Any, **kwargs):
         super().__init__(**kwargs)
