@@ -165,8 +165,6 @@ class XTBSettings(BaseModel):
     def preload(self, plan: "XTBPlan") -> None:
         import tblite.interface  # noqa: F401
 
-        import dft.compute  # noqa: F401  (jsonable, error descriptions)
-
     def compute(
         self,
         atoms: Atoms,

@@ -1,7 +1,7 @@
 """The ``selfplay`` command line.
 
 The root of the application: the commands are in :mod:`flows.commands` (one module per
-area: generation, model, label, explore, dashboard), registered here from one table and
+area: generation, model, label, explore, probe, dashboard), registered here from one table and
 imported lazily, so that ``selfplay --help`` stays fast. Every :class:`~pipeline.errors.SelfplayError` becomes one
 line on stderr and a non-zero exit; every usage mistake (unknown option, missing or extra
 argument, bad value) the usage line, one error line and exit code 2.

@@ -11,7 +11,7 @@ from ase import Atoms
 from flows.config import SelfplayConfig
 from flows.stage_state import stage_seed
 from pipeline.documents import Frame, Label
-from pipeline.store import label_query
+from pipeline.reads import label_query
 
 
 def database_structures(count: int, rng: np.random.Generator, elements: Iterable[str]) -> list[Atoms]:

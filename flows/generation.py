@@ -26,7 +26,6 @@ from flows.config import SelfplayConfig, load_config
 from flows.stage_state import fail_generation, finish_generation
 from pipeline.documents import Generation
 from pipeline.errors import SelfplayError
-from pipeline.ledger import COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def publish_artifacts(generation: Generation) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     rows = [
-        {"element": element, **{c: int(row.get(c, 0)) for c in COLUMNS}}
+        {"element": element, **{c: int(row.get(c, 0)) for c in stages.count_columns()}}
         for element, row in sorted((generation.ledger or {}).items())
     ]
     key = f"generation-{generation.number}"
@@ -144,14 +143,15 @@ def publish_artifacts(generation: Generation) -> None:
 
 def summary_markdown(generation: Generation) -> str:
     counts = generation.counts or {}
+    columns = stages.count_columns()
     model = (generation.metrics or {}).get("model") or {}
     thresholds = generation.thresholds or {}
     lines = [
         f"# Generation {generation.number}",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in COLUMNS) + " |",
-        "| " + " | ".join(str(counts.get(k, 0)) for k in COLUMNS) + " |",
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+        "| " + " | ".join(str(counts.get(k, 0)) for k in columns) + " |",
         "",
         f"Trust window: lo = {thresholds.get('lo')} eV/Å, hi = {thresholds.get('hi')} eV/Å"
         + (" (adaptive)" if thresholds.get("adaptive") else ""),

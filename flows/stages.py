@@ -228,18 +228,23 @@ def select_stage(ctx: StageContext) -> dict:
 
     config, generation = ctx.config, ctx.generation
     frames = explored_frames(generation)
+    scored = frames
     fit = latest_calibration_fit(generation.number) if config.selection.calibrated else None
     if fit is not None:
         from potential.evaluation import calibrated_frames
 
-        frames = calibrated_frames(frames, fit)  # the trust window now compares expected errors
+        scored = calibrated_frames(frames, fit)  # the trust window compares expected errors
+    # Frames an interrupted earlier attempt of this stage stored are this generation's own
+    # picks, not known ones: the rerun picks them again and stores nothing twice.
+    own = {doc.hash for doc in Frame.objects(generation=generation.number).only("hash")}
     result = select_frames(
-        frames,
+        scored,
         config.selection,
-        known_hashes=existing_hashes(frame_hash(a) for a in frames),
+        known_hashes=existing_hashes(frame_hash(a) for a in frames) - own,
         history=sigma_history(generation.number) or None,
         seed=ctx.seed("select"),
     )
+    # Selection works by index: the stored frames keep the ensemble's own spread.
     for atoms in result.picked_frames(frames):
         provenance = dict(atoms.info.get("provenance") or {})
         add_frame(
@@ -392,10 +397,10 @@ def report_stage(ctx: StageContext, write_files: bool = True) -> dict:
     config, generation, model = ctx.config, ctx.generation, ctx.model()
     theory = config.dft.theory_key()
     labelled = generation_labelled_atoms(generation, theory)
-    stats, calibration = model_errors(model, [a for a in labelled if a.info.get("selected_as") != "sentinel"])
-    sentinel_stats, sentinel_calibration = model_errors(
-        model, [a for a in labelled if a.info.get("selected_as") == "sentinel"]
-    )
+    predictions = model.evaluate(labelled) if model is not None and labelled else []
+    sentinel = [a.info.get("selected_as") == "sentinel" for a in labelled]
+    stats, calibration = model_errors(model, *_subset(labelled, predictions, [not s for s in sentinel]))
+    sentinel_stats, sentinel_calibration = model_errors(model, *_subset(labelled, predictions, sentinel))
     element_sets = {
         column: [doc.elements for doc in document.objects(generation=generation.number, theory=theory).only("elements")]
         for column, document in zip(ledgers.LABEL_COLUMNS, (Label, Failure))
@@ -408,7 +413,7 @@ def report_stage(ctx: StageContext, write_files: bool = True) -> dict:
     metrics["calibration"] = calibration + sentinel_calibration
     # The fit of the true error against the spread, over everything this generation labelled
     # (candidates lean to high σ, sentinels are random: together they span the range).
-    union, _ = model_errors(model, labelled)
+    union, _ = model_errors(model, labelled, predictions or None)
     metrics["calibration_fit"] = union.calibration_fit if union else None
     metrics["stage_seconds"] = {s: stage_state(generation, s).get("seconds") for s in stage_names()}
     probes = evaluate_probe_sets(config, generation, model)
@@ -451,7 +456,12 @@ def evaluate_probe_sets(config: SelfplayConfig, generation: Generation, model) -
         if isinstance(previous, dict) and previous.get("probe_set") == probe.id and previous.get("model") == model_name:
             out[probe.name] = previous
             continue
-        stats, _ = model_errors(model, probe_atoms(probe.name))
+        try:
+            structures = probe_atoms(probe.name)
+        except StoreError as exc:  # removed (or being removed) while this report ran
+            log.warning("generation %d: probe set %s not scored: %s", generation.number, probe.name, exc)
+            continue
+        stats, _ = model_errors(model, structures)
         entry = store_safe(
             {
                 **stats.to_dict(),
@@ -467,6 +477,11 @@ def evaluate_probe_sets(config: SelfplayConfig, generation: Generation, model) -
         )
         out[probe.name] = entry
     return out
+
+
+def _subset(frames: list, predictions: list, keep: list[bool]) -> tuple[list, Optional[list]]:
+    chosen = [i for i, flag in enumerate(keep) if flag]
+    return [frames[i] for i in chosen], ([predictions[i] for i in chosen] if predictions else None)
 
 
 def write_dashboard_summary(generation: Generation) -> None:

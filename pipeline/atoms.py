@@ -48,12 +48,6 @@ def numbers_problem(numbers: np.ndarray) -> str | None:
     return None
 
 
-def check_numbers(numbers: np.ndarray, name: str = "frame") -> None:
-    problem = numbers_problem(numbers)
-    if problem:
-        raise InvalidStructure(f"{name}: {problem}")
-
-
 def min_distance_ratio(atoms: Atoms) -> tuple[float, float]:
     """Smallest interatomic distance (Å) and smallest distance / (r_cov,i + r_cov,j).
 

@@ -47,6 +47,7 @@ from ase.data import chemical_symbols
 
 from pipeline.documents import Label
 from pipeline.errors import DataFileError
+from pipeline.jsonable import json_default
 
 # The store's read path lives in pipeline.reads; these names stay importable from here.
 from pipeline.reads import (  # noqa: F401
@@ -229,7 +230,9 @@ class HDF5Writer:
             theory=np.array([self._theory_index[t] for t in batch.theory], dtype=np.int16),
             generation=batch.generation,
             source=np.array(batch.source, dtype=object),
-            provenance=np.array([json.dumps(p, sort_keys=True, default=str) for p in batch.provenance], dtype=object),
+            provenance=np.array(
+                [json.dumps(p, sort_keys=True, default=json_default) for p in batch.provenance], dtype=object
+            ),
             multiplicity=batch.multiplicity,
             smeared=batch.smeared,
         )
@@ -249,8 +252,10 @@ class HDF5Writer:
         attrs["format"] = "selfplay-snapshot"
         attrs["units"] = json.dumps(UNITS)
         attrs["theories"] = json.dumps(self.theories)
-        attrs["theory_specs"] = json.dumps({t: self.theory_specs.get(t, {}) for t in self.theories}, default=str)
-        attrs["query"] = json.dumps(self.query, default=str)
+        attrs["theory_specs"] = json.dumps(
+            {t: self.theory_specs.get(t, {}) for t in self.theories}, default=json_default
+        )
+        attrs["query"] = json.dumps(self.query, default=json_default)
         attrs["created_at"] = datetime.now(timezone.utc).isoformat()
         attrs["selfplay_version"] = __version__
         attrs["n_frames"] = self.n_frames

@@ -41,11 +41,14 @@ def jsonable(value: Any) -> Any:
 
 def store_safe(value: Any) -> Any:
     """:func:`jsonable`, with dict keys that are valid field names on every MongoDB server."""
-    value = jsonable(value)
+    return _safe_keys(jsonable(value))
+
+
+def _safe_keys(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k).replace(".", "_").lstrip("$"): store_safe(v) for k, v in value.items()}
+        return {str(k).replace(".", "_").lstrip("$"): _safe_keys(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [store_safe(v) for v in value]
-    if isinstance(value, float) or value is None or isinstance(value, (str, int, bool)):
+        return [_safe_keys(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return json_default(value)

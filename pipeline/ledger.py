@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from ase.data import atomic_numbers, chemical_symbols
 
-#: Ledger columns filled by selection. ``labelled`` / ``dft_failed`` are added by the
-#: labelling stage with :func:`add_counts`.
+#: Ledger columns filled by selection; the report stage adds :data:`LABEL_COLUMNS` with
+#: :func:`with_labels`.
 SELECTION_COLUMNS = ("explored", "accurate", "candidate", "failed", "unscored", "selected", "sentinel")
 #: Ledger columns filled once the frames are labelled (:func:`with_labels`).
 LABEL_COLUMNS = ("labelled", "dft_failed")

@@ -16,6 +16,7 @@ from typing import Optional
 
 from pipeline.documents import ModelVersion
 from pipeline.errors import StoreError
+from pipeline.jsonable import json_default
 
 
 def save_model_version(number: int, directory: Path, metrics: dict, trained_on: dict) -> ModelVersion:
@@ -34,7 +35,7 @@ def save_model_version(number: int, directory: Path, metrics: dict, trained_on: 
         generation=number,
         name=name,
         checkpoint_sha256=hashlib.sha256(payload).hexdigest(),
-        hyperparameters=json.loads(json.dumps(meta, default=str)),
+        hyperparameters=json.loads(json.dumps(meta, default=json_default)),
         metrics=metrics,
         trained_on=trained_on,
     )

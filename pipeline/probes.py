@@ -180,6 +180,9 @@ def _exists_message(existing: Optional[ProbeSet]) -> str:
 
 
 def _delete(set_id) -> int:
+    # Incomplete first: a removal stopped halfway leaves a set nobody scores (and that
+    # `probe remove` finishes), never a "complete" set with frames missing.
+    ProbeSet._get_collection().update_one({"_id": set_id}, {"$set": {"complete": False}})
     removed = ProbeFrame._get_collection().delete_many({"probe_set": set_id}).deleted_count
     ProbeSet._get_collection().delete_one({"_id": set_id})
     return removed

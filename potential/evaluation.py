@@ -43,11 +43,17 @@ class ErrorStats:
         }
 
 
-def model_errors(model, labelled: list[Atoms]) -> tuple[Optional[ErrorStats], list[dict]]:
-    """Errors of ``model`` against labels, and per-frame calibration points (σ_F vs error)."""
+def model_errors(
+    model, labelled: list[Atoms], predictions: Optional[list[dict]] = None
+) -> tuple[Optional[ErrorStats], list[dict]]:
+    """Errors of ``model`` against labels, and per-frame calibration points (σ_F vs error).
+
+    ``predictions`` are ``model.evaluate(labelled)`` when the caller has them already.
+    """
     if model is None or not labelled:
         return None, []
-    predictions = model.evaluate(labelled)
+    if predictions is None:
+        predictions = model.evaluate(labelled)
     energy_errors, force_errors, stress_errors = [], [], []
     per_element: dict[str, list[float]] = defaultdict(list)
     element_energy: dict[str, list[float]] = defaultdict(list)

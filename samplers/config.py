@@ -1,7 +1,7 @@
 """Shared pieces of the sampler configurations.
 
-Every sampler has a pydantic model with ``extra="forbid"`` (so that the lead can nest
-them in the one top-level configuration); :func:`parse_config` builds one and turns the
+Every sampler has a pydantic model with ``extra="forbid"``, nested in the one root
+configuration (flows/config.py); :func:`parse_config` builds one and turns the
 first validation problem into a one-line :class:`~pipeline.errors.ConfigError`.
 """
 

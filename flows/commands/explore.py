@@ -1,6 +1,6 @@
 """``selfplay sample`` and ``selfplay select``: exploration and selection on files.
 
-Plain functions with typer-annotated parameters; the lead registers them on the
+Plain functions with typer-annotated parameters; flows/cli.py registers them on the
 ``selfplay`` app. Bad input raises :class:`~pipeline.errors.SelfplayError` subclasses,
 which the app prints as ``error: ...``.
 """

@@ -20,8 +20,8 @@ DEMO_GENERATIONS = {"pyscf": 2, "xtb": 12}
 def _print_generation(number: int) -> None:
     from rich.console import Console
 
+    from flows.stages import count_columns
     from pipeline.documents import Generation
-    from pipeline.ledger import COLUMNS
 
     console = Console(soft_wrap=True)  # whole lines, also when the output is a file
     record = Generation.objects.get(number=number)
@@ -38,7 +38,7 @@ def _print_generation(number: int) -> None:
     console.print(
         "  explored {explored}  accurate {accurate}  candidate {candidate}  failed {failed}  unscored {unscored}  "
         "selected {selected} (+{sentinel} sentinels)  labelled {labelled}  DFT failures {dft_failed}".format(
-            **{column: counts.get(column, 0) for column in COLUMNS}
+            **{column: counts.get(column, 0) for column in count_columns()}
         ),
         highlight=False,
     )

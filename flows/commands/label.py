@@ -1,6 +1,6 @@
 """``selfplay label``: single points of any labeller kind on structure files, as extended XYZ.
 
-A plain function with typer-annotated parameters; the lead registers it on the
+A plain function with typer-annotated parameters; flows/cli.py registers it on the
 ``selfplay`` app. Bad input and bad settings raise :class:`~pipeline.errors.SelfplayError`
 subclasses before any single point runs.
 """

@@ -46,7 +46,7 @@ def train(
             raise DataFileError(f"no frames in {', '.join(map(str, data))}")
     else:
         from flows.cli import connect_store
-        from pipeline.export import iter_labelled
+        from pipeline.reads import iter_labelled
 
         connect_store()  # the configured MongoDB; a plain error when none is configured
         theories = split_names(theory)

@@ -92,7 +92,7 @@ def theory_of(frames: list, theory: Optional[str], configured: str) -> str:
 def read_structures(files: List[Path], *, require_labels: bool) -> tuple[list, list[dict], list[str]]:
     """Every frame of ``files`` (labels checked when required: an error names the file and
     frame), one source record per file and one display name per frame."""
-    from pipeline.importer import read_frames
+    from pipeline.frames_io import read_frames
 
     frames, sources, names = [], [], []
     for path in files:

@@ -93,3 +93,29 @@ def test_frame_archive_is_bit_exact():
     assert back[0].info["provenance"] == {"sampler": "x", "seed": 4}
     assert np.array_equal(back[0].info["descriptor"], np.arange(5.0))
     assert "force_deviation" not in back[1].arrays and "descriptor" not in back[1].info
+
+
+def test_a_select_stage_interrupted_after_storing_picks_the_same_frames_again(embedded_store, tmp_path):
+    """The frames a crashed select stored are its own picks, not frames known from before."""
+    from flows import stages
+    from flows.config import load_config
+
+    config = load_config(
+        workdir=tmp_path,
+        elements=["H", "O"],
+        explore={
+            "random": {"count": 6, "params": {"min_atoms": 2, "max_atoms": 4, "kind": "cluster"}},
+            "melt_quench": {"enabled": False},
+            "substitution": {"enabled": False},
+        },
+        generation={"min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False},
+    )
+    record = stages.run_generation(config, stop_after="explore")
+    stages.select_stage(stages.StageContext(config, record))  # stored, then the process died
+    record.reload()
+    first = (record.counts["selected"], sorted(f.hash for f in Frame.objects(generation=0)))
+    assert first[0] > 0 and record.stages["select"]["status"] == "pending"
+
+    record = stages.run_generation(config, number=0, labeller=lambda *_: iter(()))
+    assert record.stages["select"]["status"] == "completed"
+    assert (record.counts["selected"], sorted(f.hash for f in Frame.objects(generation=0))) == first

@@ -473,10 +473,10 @@ def test_an_interrupted_report_stage_rerun_gives_the_same_metrics(scored_run, mo
     run_generation(config, stop_after="label", **collaborators)
     real = potential.evaluation.model_errors
 
-    def interrupted(model_, frames):
+    def interrupted(model_, frames, predictions=None):
         if frames and frames[0].info.get("probe_set") == "molecules":
             raise KeyboardInterrupt  # the process is stopped half-way through the probe sets
-        return real(model_, frames)
+        return real(model_, frames, predictions)
 
     monkeypatch.setattr(potential.evaluation, "model_errors", interrupted)
     with pytest.raises(KeyboardInterrupt):
