@@ -101,6 +101,25 @@ def frame_documents(
         if values is not None
     }
 
+    docs, element_counts = structure_documents(frames)
+    for i, (doc, present) in enumerate(zip(docs, element_counts)):
+        doc.update(
+            formula=hill_formula_of_counts(present), source=source, provenance=provenance[i] or {}, created_at=now
+        )
+        if generation is not None:  # unset optional fields are left out, as mongoengine does
+            doc["generation"] = generation
+        for key, values in optional.items():
+            if values[i] is not None:
+                doc[key] = values[i]
+    return docs
+
+
+def structure_documents(frames: list[Atoms]) -> tuple[list[dict], list[dict[str, int]]]:
+    """The :class:`StoredStructure` fields of many frames (with a new ``_id``), and each
+    frame's element counts; vectorised, for :func:`frame_documents` and the probe sets."""
+    n = len(frames)
+    if n == 0:
+        return [], []
     numbers_per_frame = [np.asarray(a.numbers) for a in frames]
     sizes = np.fromiter((len(x) for x in numbers_per_frame), dtype=np.int64, count=n)
     if (sizes == 0).any():
@@ -126,32 +145,25 @@ def frame_documents(
     column_counts = counts[rows, columns].tolist()
     column_symbols = _SYMBOLS[columns].tolist()
 
-    docs = []
+    docs, element_counts = [], []
     for i in range(n):
         a0, a1 = int(offsets[i]), int(offsets[i + 1])
         r0, r1 = row_starts[i], row_starts[i + 1]
         present = dict(zip(column_symbols[r0:r1], column_counts[r0:r1]))
-        doc = {
-            "_id": ObjectId(),
-            "hash": hashes[i],
-            "n_atoms": a1 - a0,
-            "numbers": numbers_u1[a0:a1],
-            "positions": positions_bytes[24 * a0 : 24 * a1],
-            "cell": cells_bytes[72 * i : 72 * (i + 1)],
-            "pbc": pbcs[i].tolist(),
-            "elements": sorted(present),
-            "formula": hill_formula_of_counts(present),
-            "source": source,
-            "provenance": provenance[i] or {},
-            "created_at": now,
-        }
-        if generation is not None:  # unset optional fields are left out, as mongoengine does
-            doc["generation"] = generation
-        for key, values in optional.items():
-            if values[i] is not None:
-                doc[key] = values[i]
-        docs.append(doc)
-    return docs
+        docs.append(
+            {
+                "_id": ObjectId(),
+                "hash": hashes[i],
+                "n_atoms": a1 - a0,
+                "numbers": numbers_u1[a0:a1],
+                "positions": positions_bytes[24 * a0 : 24 * a1],
+                "cell": cells_bytes[72 * i : 72 * (i + 1)],
+                "pbc": pbcs[i].tolist(),
+                "elements": sorted(present),
+            }
+        )
+        element_counts.append(present)
+    return docs, element_counts
 
 
 def frame_fields(

@@ -30,9 +30,8 @@ from bson import ObjectId
 
 from pipeline import arrays
 from pipeline.atoms import check_atoms
-from pipeline.documents import ProbeFrame, ProbeSet, utcnow
+from pipeline.documents import ProbeFrame, ProbeSet, structure_documents, utcnow
 from pipeline.errors import ConfigError, InvalidStructure, StoreError
-from pipeline.hashing import frame_hash
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +86,17 @@ def _info(doc: ProbeSet) -> ProbeInfo:
     )
 
 
-def _frame_document(set_id, index: int, atoms: Atoms, label: tuple) -> dict:
-    energy, forces, stress = label
-    numbers = np.asarray(atoms.numbers)
-    return {
-        "_id": ObjectId(),
-        "probe_set": set_id,
-        "index": index,
-        "hash": frame_hash(atoms),
-        "n_atoms": len(numbers),
-        "numbers": arrays.pack(numbers, arrays.NUMBERS),
-        "positions": arrays.pack(atoms.positions),
-        "cell": arrays.pack(atoms.cell.array),
-        "pbc": [bool(p) for p in atoms.pbc],
-        "elements": sorted(chemical_symbols[z] for z in set(numbers.tolist())),
-        "energy": float(energy),
-        "forces": arrays.pack(forces),
-        "stress": None if stress is None else arrays.pack(stress),
-    }
+def _frame_documents(set_id, start: int, frames: list[Atoms], labels: list[tuple]) -> list[dict]:
+    docs, _ = structure_documents(frames)
+    for offset, (doc, (energy, forces, stress)) in enumerate(zip(docs, labels)):
+        doc.update(
+            probe_set=set_id,
+            index=start + offset,
+            energy=float(energy),
+            forces=arrays.pack(forces),
+            stress=None if stress is None else arrays.pack(stress),
+        )
+    return docs
 
 
 def add_probe_set(
@@ -157,7 +149,7 @@ def add_probe_set(
         for start in range(0, len(frames), batch_size):
             stop = min(start + batch_size, len(frames))
             collection.insert_many(
-                [_frame_document(record.id, i, frames[i], labels[i]) for i in range(start, stop)], ordered=True
+                _frame_documents(record.id, start, frames[start:stop], labels[start:stop]), ordered=True
             )
         ProbeSet.objects(id=record.id).update_one(set__complete=True)
     except BaseException:

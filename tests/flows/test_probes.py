@@ -255,19 +255,19 @@ def test_a_failure_half_way_leaves_nothing(store, monkeypatch):
     import pipeline.probes as probes
 
     frames = emt_dataset(5)
-    real = probes._frame_document
+    real = probes._frame_documents
 
-    def failing(set_id, index, atoms, label):
-        if index == 3:  # after the first batch of two is in the database
+    def failing(set_id, start, frames, labels):
+        if start + len(frames) > 3:  # after the first batch of two is in the database
             raise RuntimeError("the database went away")
-        return real(set_id, index, atoms, label)
+        return real(set_id, start, frames, labels)
 
-    monkeypatch.setattr(probes, "_frame_document", failing)
+    monkeypatch.setattr(probes, "_frame_documents", failing)
     with pytest.raises(RuntimeError, match="went away"):
         add_probe_set("half", frames, theory="emt", batch_size=2)
     assert ProbeSet.objects.count() == 0 and ProbeFrame.objects.count() == 0
 
-    monkeypatch.setattr(probes, "_frame_document", real)
+    monkeypatch.setattr(probes, "_frame_documents", real)
     broken = emt_dataset(3)
     broken[2].calc.results["forces"][0, 0] = np.nan
     with pytest.raises(InvalidStructure, match="probe set 'half' frame 2: forces contain NaN"):
@@ -286,7 +286,7 @@ def test_an_interrupted_add_is_never_used_and_is_removable(store):
     add_probe_set("whole", molecules(), theory="emt")
     killed = ProbeSet(name="killed", theory="emt", n_frames=3, complete=False).save()
     ProbeFrame._get_collection().insert_one(
-        probes._frame_document(killed.id, 0, molecules()[0], (-1.0, np.zeros((3, 3)), None))
+        probes._frame_documents(killed.id, 0, molecules()[:1], [(-1.0, np.zeros((3, 3)), None)])[0]
     )
     assert [p.name for p in probe_sets()] == ["whole"]
     assert [(p.name, p.complete) for p in probe_sets(include_incomplete=True)] == [("killed", False), ("whole", True)]
