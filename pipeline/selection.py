@@ -606,13 +606,17 @@ def _pick_candidates(
 ) -> list[int]:
     """Near-duplicates out (the most uncertain of them kept), then farthest-point picks up to the cap."""
     by_priority = sorted(eligible, key=lambda i: (-priority[i], i))
-    near = near_duplicates(
-        descriptors,
-        element_sets,
-        by_priority,
-        distance=config.near_duplicate_distance,
-        relative=config.near_duplicate_relative,
-    ) if len(eligible) > 1 else {}
+    near = (
+        near_duplicates(
+            descriptors,
+            element_sets,
+            by_priority,
+            distance=config.near_duplicate_distance,
+            relative=config.near_duplicate_relative,
+        )
+        if len(eligible) > 1
+        else {}
+    )
     for i, (kept, distance) in near.items():
         _drop(decisions[i], "near-duplicate", f"descriptor distance {distance:.4g} to frame {kept}")
     pool = [i for i in by_priority if i not in near]
@@ -903,9 +907,7 @@ def select_frames(
         source = "given"
         if len(descriptors) != len(frames):
             raise ValueError(f"{len(descriptors)} descriptors for {len(frames)} frames")
-    problems = [
-        geometry_problem(frame, config.min_covalent_ratio, config.max_volume_per_atom) for frame in frames
-    ]
+    problems = [geometry_problem(frame, config.min_covalent_ratio, config.max_volume_per_atom) for frame in frames]
     return select_arrays(
         sigma,
         [frame_elements(frame.numbers) for frame in frames],

@@ -132,7 +132,10 @@ def test_weighted_draws_follow_the_uncertainty_score():
         assert len(result.selected) == 5 == len(set(result.selected))
         high += sum(i >= 20 for i in result.selected)
     assert 0.8 < high / 500 < 0.95  # weights 0.4 : 0.06 without replacement: mostly, not only, the uncertain
-    assert select_arrays(sigma, *plain(40), config, seed=1).selected == select_arrays(sigma, *plain(40), config, seed=1).selected
+    assert (
+        select_arrays(sigma, *plain(40), config, seed=1).selected
+        == select_arrays(sigma, *plain(40), config, seed=1).selected
+    )
 
 
 def test_weighted_and_representative_keep_the_trust_window():

@@ -1,0 +1,157 @@
+"""A short run of benchmarks/bench_active_learning.py: two generations, two arms, one seed.
+
+It runs the real loop (run_generation on the embedded store, GFN2-xTB labels), so the
+benchmark cannot rot; the checks are on the properties the full run's conclusions rest on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+GENERATIONS, BUDGET = 2, 8
+
+
+def load_bench():
+    path = ROOT / "benchmarks" / "bench_active_learning.py"
+    spec = importlib.util.spec_from_file_location("bench_active_learning", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_active_learning", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite_numbers(value) -> list[float]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in finite_numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in finite_numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    pytest.importorskip("tblite")
+    bench = load_bench()
+    tmp = tmp_path_factory.mktemp("al")
+    out = tmp / "al.json"
+    argv = [
+        "--quick", "--generations", str(GENERATIONS), "--budget", str(BUDGET), "--seeds", "0",
+        "--arms", "selfplay", "random-pick", "--jobs", "1", "--threads", "1",
+        "--set", json.dumps({"training": {"epochs": 5}}),
+        "--cache-dir", str(tmp / "cache"), "--workdir", str(tmp / "work"), "--out", str(out),
+    ]  # fmt: skip
+    result = bench.main(argv)
+    return bench, result, out, tmp, argv
+
+
+def test_writes_strict_json_with_the_schema(short_run):
+    bench, result, out, _, _ = short_run
+    data = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"non-strict JSON: {name}"))
+    for key in ("command", "profile", "settings", "environment", "test_sets", "oracle_check", "oracle_stability",
+                "configs", "summary", "runs", "timings"):  # fmt: skip
+        assert key in data, key
+    env = data["environment"]
+    assert env["cores"] >= 1 and env["cpu"]
+    assert {"torch", "tblite", "ase", "selfplay"} <= set(env["versions"])
+    assert data["settings"]["seeds"] == [0] and data["settings"]["budget"] == BUDGET
+    assert data["configs"]["selfplay"]["selection"]["strategy"] == "uncertainty"
+    assert data["configs"]["random-pick"]["selection"]["strategy"] == "random"
+    assert data["configs"]["selfplay"]["dft"]["backend"] == "xtb"
+    assert out.with_suffix(".png").stat().st_size > 1000
+    markdown = out.with_suffix(".md").read_text()
+    assert "| arm | labels |" in markdown and bench.KEEP_MARKER in markdown
+
+
+def test_both_arms_ran_the_real_loop_with_equal_labels(short_run):
+    _, result, _, _, _ = short_run
+    arms = {run["arm"]: run for run in result["runs"]}
+    assert set(arms) == {"selfplay", "random-pick"} == set(result["summary"]["arms"])
+    for run in arms.values():
+        numbers = [g["number"] for g in run["generations"]]
+        assert numbers == list(range(GENERATIONS + 1))  # the generations, then the next one's train stage
+        assert [g["labels_total"] for g in run["generations"][:GENERATIONS]] == [
+            BUDGET * (i + 1) for i in range(GENERATIONS)
+        ]
+        assert (
+            run["generations"][-1]["final_train_only"] and run["generations"][-1]["trained_on"] == BUDGET * GENERATIONS
+        )
+        assert all(g["counts"]["explored"] >= BUDGET for g in run["generations"][:GENERATIONS])
+    labels = {arm: [m["labels"] for m in run["models"]] for arm, run in arms.items()}
+    assert labels["selfplay"] == labels["random-pick"] == [BUDGET, BUDGET * GENERATIONS]
+    assert result["summary"]["labels_equal_across_arms"]
+    # generation 1 explored with its model: melt/quench frames next to the random ones
+    assert arms["selfplay"]["generations"][1]["explore"]["melt_quench"]["frames"] > 0
+
+
+def test_errors_are_finite_for_every_model_and_test_set(short_run):
+    _, result, _, _, _ = short_run
+    names = set(result["test_sets"]) | {"in_domain"}
+    assert {"random", "ood"} <= names and any(n.startswith("md_") for n in names)
+    for run in result["runs"]:
+        for model in run["models"]:
+            assert set(model["errors"]) == names
+            for stats in model["errors"].values():
+                assert stats["frames"] > 0
+                for metric in ("energy_mae_per_atom", "force_mae", "force_rmse"):
+                    assert math.isfinite(stats[metric]) and stats[metric] > 0
+    for arm in result["summary"]["arms"].values():
+        curve = arm["force_mae"]["in_domain"]
+        assert curve["labels"] == [BUDGET, BUDGET * GENERATIONS] and curve["labels_equal_across_seeds"]
+        assert all(math.isfinite(x) for x in curve["mean"] + curve["std"])
+
+
+def test_stability_and_label_fraction_are_reported(short_run):
+    bench, result, _, _, _ = short_run
+    protocol = result["profile"]["stability"]
+    runs = len(protocol["temperatures"]) * protocol["runs_per_temperature"]
+    assert result["oracle_stability"]["runs"] == runs
+    for run in result["runs"]:
+        stability = run["stability"]
+        assert stability["runs"] == runs and 0 <= stability["stable"] <= runs
+        assert all(d["reason"] for d in stability["details"])
+    fraction = result["summary"]["label_fraction"]["selfplay"]
+    assert fraction["reference"] == "random-pick" and fraction["reference_labels"] == BUDGET * GENERATIONS
+    assert fraction["fraction"] is None or 0 < fraction["fraction"] <= 1
+    assert set(result["summary"]["verdict"]["selfplay"]) == {"labels_target_met", "stability_target_met"}
+    assert result["oracle_check"]["failed"] == 0 and result["oracle_check"]["max_energy_diff_ev"] < 1e-4
+    assert all(math.isfinite(x) for x in finite_numbers(result["summary"]))
+
+
+def test_test_sets_are_cached_on_disk(short_run):
+    bench, result, _, tmp, _ = short_run
+    assert not result["test_set_meta"]["cached"]
+    profile = bench.get_profile("xtb", quick=True)
+    sets, meta = bench.build_test_sets(profile, ["H", "C", "N", "O"], tmp / "cache")
+    assert meta["cached"] and meta["key"] == result["test_set_meta"]["key"]
+    assert {name: len(frames) for name, frames in sets.items()} == {
+        name: d["frames"] for name, d in result["test_sets"].items()
+    }
+    assert sorted(p.suffix for p in Path(meta["folder"]).iterdir()) == [".extxyz"] * len(sets) + [".json"]
+
+
+def test_labels_to_reach_interpolates_on_the_curve():
+    bench = load_bench()
+    assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 1.5) == pytest.approx(25.0)
+    assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 5.0) == 10.0
+    assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 0.5) is None
+
+
+def test_reuse_takes_finished_runs_and_refuses_other_settings(short_run):
+    bench, result, out, tmp, argv = short_run
+    again = tmp / "again.json"
+    redo = [a if a != str(out) else str(again) for a in argv] + ["--reuse", str(out)]
+    reused = bench.main(redo)
+    assert sorted(reused["settings"]["reused"]["runs"]) == ["random-pick/0", "selfplay/0"]
+    assert [r["models"] for r in reused["runs"]] == [r["models"] for r in result["runs"]]
+    other = [a if a != str(BUDGET) else str(BUDGET + 1) for a in redo]
+    with pytest.raises(SystemExit, match="budget"):
+        bench.main(other)
