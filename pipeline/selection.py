@@ -735,7 +735,8 @@ def _pick_representative(
         members = np.flatnonzero(labels == c)
         if members.size:
             selected.append(eligible[int(members[np.argmax(score[members])])])
-    selected.sort(key=lambda i: (-_finite_priority(np.asarray(priority, dtype=np.float64))[i], i))
+    finite = _finite_priority(np.asarray(priority, dtype=np.float64))
+    selected.sort(key=lambda i: (-finite[i], i))
     for i in selected:
         decisions[i].selected_as = "candidate"
     picked = set(selected)
