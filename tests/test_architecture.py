@@ -37,7 +37,7 @@ def test_the_store_and_selection_load_no_science_and_no_application(module):
 def test_a_stage_is_one_table_entry_and_one_function(embedded_store, tmp_path):
     """A no-op stage registered after ``select`` runs in order, is recorded and resumes."""
     from flows import stages
-    from flows.config import load_config
+    from tests.flows.helpers import random_only_config
 
     calls: list[tuple[str, int]] = []
 
@@ -53,16 +53,7 @@ def test_a_stage_is_one_table_entry_and_one_function(embedded_store, tmp_path):
     def no_labels(config, frames, progress):
         return iter(())
 
-    config = load_config(
-        workdir=tmp_path,
-        elements=["H", "O"],
-        explore={
-            "random": {"count": 3, "params": {"min_atoms": 2, "max_atoms": 3, "kind": "cluster"}},
-            "melt_quench": {"enabled": False},
-            "substitution": {"enabled": False},
-        },
-        generation={"min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False},
-    )
+    config = random_only_config(tmp_path, count=3, max_atoms=3)
     stages.register_stage(stages.Stage("audit", audit_stage), after="select")
     try:
         assert stages.stage_names() == ("train", "explore", "select", "audit", "label", "report")

@@ -13,6 +13,23 @@ def tiny_config(workdir: Path, **overrides):
     return load_config(TINY, workdir=workdir, **overrides)
 
 
+def random_only_config(workdir: Path, count: int, max_atoms: int):
+    """Random H/O clusters only, nothing written but the store: for stage-level tests whose
+    trainer and labeller are swapped out."""
+    from flows.config import load_config
+
+    return load_config(
+        workdir=workdir,
+        elements=["H", "O"],
+        explore={
+            "random": {"count": count, "params": {"min_atoms": 2, "max_atoms": max_atoms, "kind": "cluster"}},
+            "melt_quench": {"enabled": False},
+            "substitution": {"enabled": False},
+        },
+        generation={"min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False},
+    )
+
+
 #: The ``dft:`` section of the tiny generation for each labeller kind (None: tiny.yaml's
 #: own, PySCF), and the elements that kind is run with.
 KIND_SECTIONS = {

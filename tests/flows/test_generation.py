@@ -9,7 +9,7 @@ from pipeline.documents import Failure, Frame, Generation, Label, ModelVersion
 from pipeline.model_registry import fetch_model
 from potential.evaluation import model_errors
 
-from .helpers import tiny_config
+from .helpers import random_only_config, tiny_config
 
 
 @pytest.mark.slow
@@ -98,18 +98,8 @@ def test_frame_archive_is_bit_exact():
 def test_a_select_stage_interrupted_after_storing_picks_the_same_frames_again(embedded_store, tmp_path):
     """The frames a crashed select stored are its own picks, not frames known from before."""
     from flows import stages
-    from flows.config import load_config
 
-    config = load_config(
-        workdir=tmp_path,
-        elements=["H", "O"],
-        explore={
-            "random": {"count": 6, "params": {"min_atoms": 2, "max_atoms": 4, "kind": "cluster"}},
-            "melt_quench": {"enabled": False},
-            "substitution": {"enabled": False},
-        },
-        generation={"min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False},
-    )
+    config = random_only_config(tmp_path, count=6, max_atoms=4)
     record = stages.run_generation(config, stop_after="explore")
     stages.select_stage(stages.StageContext(config, record))  # stored, then the process died
     record.reload()
