@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.cli_parsing import SelfplayCommand, SelfplayGroup, split_names
+from flows.commands.context import State, config, connect_store, console
 from pipeline.errors import SelfplayError
 
 log = logging.getLogger("selfplay")
-console = Console()
+__all__ = ["State", "app", "config", "connect_store", "console", "main"]
 
 app = typer.Typer(
     name="selfplay",
@@ -41,23 +42,6 @@ probe_app = typer.Typer(
     cls=SelfplayGroup,
 )
 app.add_typer(probe_app, name="probe")
-
-
-class State:
-    config_path: Optional[Path] = None
-
-
-def config():
-    """The validated configuration (file from --config or SELFPLAY_CONFIG, plus environment)."""
-    from flows.config import load_config
-
-    return load_config(State.config_path)
-
-
-def connect_store(require_persistent: bool = True):
-    from pipeline.store import connect_from_config
-
-    return connect_from_config(config(), require_persistent=require_persistent)
 
 
 @app.callback()

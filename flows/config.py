@@ -27,6 +27,7 @@ from pipeline.store import mask_uri
 from potential.config import ModelConfig, TrainConfig
 from samplers.dynamics import MeltQuenchConfig
 from samplers.random_structures import RandomStructureConfig, RandomStructureParams
+from samplers.relax import RelaxConfig
 from samplers.substitution import SubstitutionConfig, SubstitutionParams
 
 #: The YAML file of the configuration being loaded (:func:`load_config`), read by
@@ -61,9 +62,38 @@ class MeltQuenchSampler(_Section):
         default_factory=RandomStructureParams, description="the random starting structures"
     )
     params: MeltQuenchConfig = Field(default_factory=MeltQuenchConfig)
+    relax_starts: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="FIRE steps with the model on every start before heating, so that MD begins in the model's "
+        "basin (0: heat the starts as drawn)",
+    )
 
     def build(self) -> MeltQuenchConfig:
         return self.params
+
+    def build_relax(self) -> RelaxConfig | None:
+        if not self.relax_starts:
+            return None
+        return RelaxConfig(max_steps=self.relax_starts, hi=None, min_covalent_ratio=self.params.min_covalent_ratio)
+
+    def build_start(self, elements: list[str]) -> RandomStructureConfig:
+        return self.start.with_elements(elements)
+
+
+class RelaxSampler(_Section):
+    """Relax random structures and stored frames with the current model, keeping the path (off by default)."""
+
+    enabled: bool = False
+    count: int = Field(8, ge=0, description="relaxations per generation")
+    from_database: float = Field(
+        0.5, ge=0, le=1, description="share of structures drawn from labelled frames (rest: random)"
+    )
+    start: RandomStructureParams = Field(
+        default_factory=RandomStructureParams, description="the random structures to relax"
+    )
+    params: RelaxConfig = Field(default_factory=RelaxConfig)
 
     def build_start(self, elements: list[str]) -> RandomStructureConfig:
         return self.start.with_elements(elements)
@@ -84,6 +114,7 @@ class SubstitutionSampler(_Section):
 class ExploreConfig(_Section):
     random: RandomSampler = Field(default_factory=RandomSampler)
     melt_quench: MeltQuenchSampler = Field(default_factory=MeltQuenchSampler)
+    relax: RelaxSampler = Field(default_factory=RelaxSampler)
     substitution: SubstitutionSampler = Field(default_factory=SubstitutionSampler)
 
 
@@ -154,6 +185,7 @@ class SelfplayConfig(BaseSettings):
             (
                 explore.random.enabled and explore.random.count,
                 explore.melt_quench.enabled and explore.melt_quench.trajectories,
+                explore.relax.enabled and explore.relax.count,
                 explore.substitution.enabled and explore.substitution.count,
             )
         ):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable
 
 import numpy as np
@@ -44,7 +43,8 @@ def explore(config: SelfplayConfig, number: int, model) -> tuple[list[Atoms], di
     """Run every enabled sampler with ``model`` (None: model-free samplers only)."""
     frames: list[Atoms] = []
     report: dict = {}
-    for name, sampler in (("random", _random), ("substitution", _substitution), ("melt_quench", _melt_quench)):
+    samplers = (("random", _random), ("substitution", _substitution), ("relax", _relax), ("melt_quench", _melt_quench))
+    for name, sampler in samplers:
         batch, summary = sampler(config, number, model)
         frames += batch
         if summary is not None:
@@ -82,26 +82,49 @@ def _substitution(config: SelfplayConfig, number: int, model):
     return batch, {"frames": len(batch), "database_seeds": len(seeds)}
 
 
-def _melt_quench(config: SelfplayConfig, number: int, model):
-    from samplers.melt_quench import sample_melt_quench
+def _starts(section, config: SelfplayConfig, number: int, sampler: str, count: int) -> list[Atoms]:
+    """``count`` starting structures: a ``from_database`` share of stored frames, the rest random."""
     from samplers.random_structures import random_structures
+
+    rng = np.random.default_rng(_seed(config, number, f"{sampler}-seeds"))
+    starts = database_structures(round(section.from_database * count), rng, config.elements)
+    fresh = count - len(starts)
+    if fresh:
+        starts += random_structures(
+            section.build_start(config.elements), _seed(config, number, f"{sampler}-starts"), fresh
+        )
+    return starts
+
+
+def _relax(config: SelfplayConfig, number: int, model):
+    from samplers.dynamics import stop_summary, trajectory_frames
+    from samplers.relax import relax_structures
+
+    section = config.explore.relax
+    if not (section.enabled and section.count):
+        return [], None
+    if model is None:
+        return [], {"skipped": "no model yet (cold start)"}
+    starts = _starts(section, config, number, "relax", section.count)
+    trajectories = relax_structures(model, starts, section.params, _seed(config, number, "relax"))
+    batch = list(trajectory_frames(trajectories, section.params.include_stop_frames))
+    return batch, {"frames": len(batch), "relaxations": len(starts), "stop_reasons": stop_summary(trajectories)}
+
+
+def _melt_quench(config: SelfplayConfig, number: int, model):
+    from samplers.dynamics import stop_summary, trajectory_frames
+    from samplers.melt_quench import run_melt_quench
+    from samplers.relax import relaxed_end_points
 
     section = config.explore.melt_quench
     if not (section.enabled and section.trajectories):
         return [], None
     if model is None:
         return [], {"skipped": "no model yet (cold start)"}
-    rng = np.random.default_rng(_seed(config, number, "melt-quench-seeds"))
-    starts = database_structures(round(section.from_database * section.trajectories), rng, config.elements)
-    fresh = section.trajectories - len(starts)
-    if fresh:
-        starts += random_structures(
-            section.build_start(config.elements), _seed(config, number, "melt-quench-starts"), fresh
-        )
-    batch = list(sample_melt_quench(model, section.build(), _seed(config, number, "melt-quench"), starts))
-    stops: dict[str, int] = defaultdict(int)
-    for atoms in batch:
-        reason = (atoms.info.get("provenance") or {}).get("stop_reason")
-        if reason:
-            stops[str(reason)] += 1
-    return batch, {"frames": len(batch), "trajectories": len(starts), "stop_reasons": dict(stops)}
+    starts = _starts(section, config, number, "melt-quench", section.trajectories)
+    relax = section.build_relax()
+    if relax is not None:
+        starts = relaxed_end_points(model, starts, relax)
+    trajectories = run_melt_quench(model, starts, section.build(), _seed(config, number, "melt-quench"))
+    batch = list(trajectory_frames(trajectories, section.params.include_stop_frames))
+    return batch, {"frames": len(batch), "trajectories": len(starts), "stop_reasons": stop_summary(trajectories)}

@@ -16,7 +16,6 @@ same seed (to floating-point roundoff of the model).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +33,7 @@ from samplers.dynamics import (
     trajectory_rng,
 )
 from samplers.frames import clean_copy
-from samplers.model import as_evaluator
+from samplers.model import as_evaluator, evaluate_options
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,6 @@ class BatchedLangevin:
         self.evaluate_kwargs = dict(evaluate_kwargs or {})
         self.config = config
         self.seed = seed
-        self._keywords = _keywords(self.evaluator)
         params = params if params is not None else config.model_dump()
         self.states = []
         for offset, structure in enumerate(structures):
@@ -144,11 +142,8 @@ class BatchedLangevin:
     def _call(self, frames: list[Atoms], scores: bool) -> list[dict]:
         self.model_calls += 1
         self.frames_scored += len(frames)
-        kwargs = dict(self.evaluate_kwargs)
-        if "stress" in self._keywords:
-            kwargs["stress"] = False  # NVT: the virial would be wasted work
-        if "scores" in self._keywords:
-            kwargs["scores"] = scores  # evaluators that can skip the deviation between frames
+        # NVT: the virial would be wasted work; between frames the deviation too
+        kwargs = dict(self.evaluate_kwargs, **evaluate_options(self.evaluator, stress=False, scores=scores))
         return self.evaluator.evaluate(frames, **kwargs)
 
     def run(self) -> list[Trajectory]:
@@ -183,13 +178,6 @@ class BatchedLangevin:
                 v += c1 * state.result["forces"] / state.masses - c2 * v + state.rnd_vel
                 state.momenta = v * state.masses
         return [state.recorder.trajectory for state in self.states]
-
-
-def _keywords(evaluator: Any) -> set[str]:
-    try:
-        return set(inspect.signature(evaluator.evaluate).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def run_batched(

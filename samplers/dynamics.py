@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from ase import Atoms, units
@@ -25,7 +26,7 @@ from samplers.frames import make_frame, parent_hash, provenance
 
 log = logging.getLogger(__name__)
 
-STOP_REASONS = ("completed", "uncertain", "unphysical")
+STOP_REASONS = ("completed", "converged", "uncertain", "unphysical")
 
 
 class MeltQuenchConfig(BaseModel):
@@ -87,6 +88,24 @@ class MeltQuenchConfig(BaseModel):
     def is_frame_step(self, step: int) -> bool:
         return step % self.frame_interval == 0 or step == self.total_steps
 
+    def time_fs(self, step: int) -> float:
+        return step * self.timestep_fs
+
+
+class Schedule(Protocol):
+    """What :class:`TrajectoryRecorder` reads of a sampler's settings (MD or relaxation)."""
+
+    hi: float | None
+    min_covalent_ratio: float
+    max_volume_ratio: float
+
+    @property
+    def total_steps(self) -> int: ...
+
+    def temperature(self, step: int) -> float | None: ...
+
+    def time_fs(self, step: int) -> float | None: ...
+
 
 def trajectory_rng(seed: int, index: int) -> np.random.Generator:
     """The random stream of trajectory ``index``: independent of how trajectories are batched."""
@@ -117,7 +136,7 @@ class StopInfo:
 
 @dataclass
 class Trajectory:
-    """One melt/quench run: kept frames, why it stopped, and the first bad frame if any."""
+    """One MD run or relaxation: kept frames, why it stopped, and the first bad frame if any."""
 
     index: int
     parent: str
@@ -142,7 +161,7 @@ class TrajectoryRecorder:
 
     def __init__(
         self,
-        config: MeltQuenchConfig,
+        config: Schedule,
         sampler: str,
         seed: int,
         index: int,
@@ -171,7 +190,7 @@ class TrajectoryRecorder:
             temperature=self.config.temperature(step),
             step=step,
             trajectory=self.trajectory.index,
-            time_fs=step * self.config.timestep_fs,
+            time_fs=self.config.time_fs(step),
             driver=self.driver,
         )
         frame = make_frame(atoms, record, result, kinetic_temperature=kinetic)
@@ -203,7 +222,7 @@ class TrajectoryRecorder:
             self._stop("unphysical", step, problem, self._frame(atoms, step, result, kinetic))
             return False
         if result is None or result.get("force_deviation") is None:
-            raise ConfigError("the model gave no force_deviation: melt/quench needs an ensemble calculator")
+            raise ConfigError(f"the model gave no force_deviation: {self.sampler} needs an ensemble calculator")
         forces = result.get("forces")
         if forces is not None and not np.all(np.isfinite(forces)):
             self._stop("unphysical", step, "model forces are NaN or infinite", self._frame(atoms, step, None, kinetic))
@@ -221,6 +240,10 @@ class TrajectoryRecorder:
             self._stop("completed", step, f"ran all {self.config.total_steps} steps", None, sigma)
         return True
 
+    def converge(self, step: int, detail: str) -> None:
+        """A relaxation reached its force threshold at ``step`` (already observed and kept)."""
+        self._stop("converged", step, detail, None)
+
     def fail(self, step: int, atoms: Atoms, detail: str, kinetic: float | None = None) -> None:
         """Stop as unphysical between sampled steps (NaN positions, model refused the geometry)."""
         self._stop("unphysical", step, detail, self._frame(atoms, step, None, kinetic))
@@ -233,6 +256,14 @@ def stop_summary(trajectories: list[Trajectory]) -> dict[str, int]:
         if trajectory.stop is not None:
             summary[trajectory.stop.reason] += 1
     return summary
+
+
+def trajectory_frames(trajectories: Sequence[Trajectory], include_stop_frames: bool = True) -> Iterator[Atoms]:
+    """Kept frames of each trajectory, followed by its stop frame when asked."""
+    for trajectory in trajectories:
+        yield from trajectory.frames
+        if include_stop_frames and trajectory.stop_frame is not None:
+            yield trajectory.stop_frame
 
 
 def reports_json(trajectories: list[Trajectory]) -> str:

@@ -27,6 +27,7 @@ from samplers.dynamics import (
     TrajectoryRecorder,
     initial_momenta,
     stop_summary,
+    trajectory_frames,
     trajectory_rng,
 )
 from samplers.frames import clean_copy
@@ -160,14 +161,6 @@ def run_melt_quench(
         ]
     log.info("melt/quench: %d trajectories, stops %s", len(trajectories), stop_summary(trajectories))
     return trajectories
-
-
-def trajectory_frames(trajectories: Sequence[Trajectory], include_stop_frames: bool = True) -> Iterator[Atoms]:
-    """Kept frames of each trajectory, followed by its stop frame when asked."""
-    for trajectory in trajectories:
-        yield from trajectory.frames
-        if include_stop_frames and trajectory.stop_frame is not None:
-            yield trajectory.stop_frame
 
 
 def sample_melt_quench(model: Any, config: MeltQuenchConfig, seed: int, structures: Sequence[Atoms]) -> Iterator[Atoms]:

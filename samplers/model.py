@@ -17,6 +17,7 @@ foundation potential) while the ensemble scores the frames.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -149,6 +150,25 @@ def as_calculator(model: Any) -> Calculator:
     if callable(getattr(model, "evaluate", None)):
         return EvaluatorCalculator(model)
     raise ConfigError(f"model of type {type(model).__name__} has neither evaluate() nor the ASE calculator interface")
+
+
+def evaluate_options(evaluator: Any, *, stress: bool | None = None, scores: bool = True) -> dict:
+    """The ``stress``/``scores`` keywords for ``evaluator.evaluate``, those it accepts.
+
+    ``stress=False`` spares the virial (fixed-cell work), ``scores=False`` the ensemble
+    deviation (steps whose frames are not kept); evaluators without the keyword
+    compute what they always compute.
+    """
+    try:
+        accepted = set(inspect.signature(evaluator.evaluate).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    options: dict[str, Any] = {}
+    if "stress" in accepted and stress is not None:
+        options["stress"] = stress
+    if "scores" in accepted:
+        options["scores"] = scores
+    return options
 
 
 def load_model(path: Path | str, device: str | None = None) -> Calculator:

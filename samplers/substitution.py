@@ -24,11 +24,12 @@ from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.atoms import MAX_Z, check_atoms, min_distance_ratio
-from pipeline.errors import ConfigError, InvalidStructure
+from pipeline.errors import ConfigError
 from samplers.config import ElementSet
-from samplers.dynamics import MeltQuenchConfig
+from samplers.dynamics import MeltQuenchConfig, trajectory_frames
 from samplers.frames import make_frame, parent_hash, provenance
-from samplers.model import as_calculator, score_frames
+from samplers.model import score_frames
+from samplers.relax import RelaxConfig, relax_structures
 
 log = logging.getLogger(__name__)
 
@@ -295,48 +296,6 @@ def seed_structures(config: SubstitutionConfig, count: int, rng: np.random.Gener
     return [prototype_structure(order[i % len(order)]) for i in range(count)]
 
 
-def _relax(calculator: Any, atoms: Atoms, config: SubstitutionConfig) -> tuple[list[tuple[int, Atoms, dict]], dict]:
-    """FIRE relaxation; (step, structure, scores) every few steps until converged, uncertain or broken."""
-    from ase.optimize import FIRE
-
-    from pipeline.selection import geometry_problem
-
-    work = atoms.copy()
-    work.calc = as_calculator(calculator)
-    optimizer = FIRE(work, logfile=None)
-    kept: list[tuple[int, Atoms, dict]] = []
-    interval = max(1, config.relax_steps // 5)
-    status = {"reason": "completed", "step": config.relax_steps, "detail": "ran all steps"}
-    for step in range(config.relax_steps + 1):
-        try:
-            forces = work.get_forces()
-            result = dict(work.calc.results)
-            if result.get("force_deviation") is None:
-                result["force_deviation"] = work.calc.get_property("force_deviation", work)
-                # energy_deviation / descriptor come with the deviation (ScoredCalculator)
-                result.update({k: v for k, v in work.calc.results.items() if k not in result})
-        except InvalidStructure as exc:
-            status = {"reason": "unphysical", "step": step, "detail": f"model refused the geometry: {exc}"}
-            break
-        problem = geometry_problem(work, 0.5, None)
-        if problem is not None:
-            status = {"reason": "unphysical", "step": step, "detail": problem}
-            break
-        sigma = float(np.max(result["force_deviation"]))
-        if config.hi is not None and sigma >= config.hi:
-            status = {"reason": "uncertain", "step": step, "detail": f"σ_F {sigma:.4g} >= hi {config.hi}"}
-            break
-        converged = float(np.linalg.norm(forces, axis=1).max()) < config.fmax
-        if step % interval == 0 or converged or step == config.relax_steps:
-            kept.append((step, work.copy(), result))
-        if converged:
-            status = {"reason": "converged", "step": step, "detail": f"max force below {config.fmax} eV/Å"}
-            break
-        if step < config.relax_steps:
-            optimizer.step()
-    return kept, status
-
-
 def sample_substitution(
     model: Any | None,
     config: SubstitutionConfig,
@@ -387,15 +346,24 @@ def sample_substitution(
             yield make_frame(frame, frame.info["provenance"], result)
         return
     if config.relax == "relax":
-        for frame in substituted:
+        relax = RelaxConfig(
+            fmax=config.fmax,
+            max_steps=config.relax_steps,
+            frame_interval=max(1, config.relax_steps // 5),
+            hi=config.hi,
+        )
+        for trajectory, frame in zip(relax_structures(model, substituted, relax, seed), substituted):
             base = frame.info["provenance"]
-            kept, status = _relax(model, frame, config)
-            for step, atoms, result in kept:
-                record = dict(base, step=step, stage="relax", parent=parent_hash(frame), seed_parent=base["parent"])
-                record["relax_stop"] = status
-                yield make_frame(atoms, record, result)
+            status = trajectory.report()["stop"]
+            for out in trajectory_frames([trajectory], relax.include_stop_frames):
+                step = out.info["provenance"]["step"]
+                out.info["provenance"] = dict(
+                    base, step=step, stage="relax", parent=parent_hash(frame), seed_parent=base["parent"]
+                )
+                out.info["provenance"]["relax_stop"] = status
+                yield out
         return
-    from samplers.melt_quench import run_melt_quench, trajectory_frames
+    from samplers.melt_quench import run_melt_quench
 
     trajectories = run_melt_quench(model, substituted, config.md, seed)
     for trajectory, frame in zip(trajectories, substituted):

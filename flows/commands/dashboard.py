@@ -14,7 +14,7 @@ from pipeline.errors import ConfigError
 
 def connect_read_only():
     """Connect the configured store without creating indexes (a ``read``-role user suffices)."""
-    from flows.cli import config
+    from flows.commands.context import config
     from pipeline.store import connect
 
     settings = config()
@@ -43,7 +43,7 @@ def dashboard(
     refresh: float = typer.Option(60.0, help="Seconds between re-aggregations of the store (more if it is slow)."),
 ) -> None:
     """Serve the live dashboard (read-only) on http://HOST:PORT/."""
-    from flows.cli import console
+    from flows.commands.context import console
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535 (got {port})")
@@ -73,7 +73,7 @@ def report(
     out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained, opens offline)."),
 ) -> None:
     """Write the dashboard as one static HTML file."""
-    from flows.cli import console
+    from flows.commands.context import console
 
     _dashboard_extra()
     connect_read_only()
@@ -89,7 +89,7 @@ def summarise(
     ),
 ) -> None:
     """Write the dashboard's per-generation summaries (data from before summaries existed, or after a change)."""
-    from flows.cli import connect_store, console
+    from flows.commands.context import connect_store, console
 
     connect_store()
     from pipeline.dashboard.summaries import missing_summaries, write_summaries

@@ -20,10 +20,10 @@ from pipeline.errors import ConfigError, DataFileError
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("random", "melt-quench", "substitute")
+SAMPLERS = ("random", "melt-quench", "relax", "substitute")
 
 #: Sections of a sampler settings file (YAML or JSON); ``elements`` comes from --elements.
-SECTIONS = {"random": "random", "melt-quench": "melt_quench", "substitute": "substitute"}
+SECTIONS = {"random": "random", "melt-quench": "melt_quench", "relax": "relax", "substitute": "substitute"}
 
 
 def _settings(path: Path | None) -> dict[str, Any]:
@@ -69,12 +69,13 @@ def run_sampler(
     settings: dict[str, Any] | None = None,
     structures: Path | None = None,
 ) -> tuple[list, list]:
-    """Frames from one sampler and (for melt-quench) the trajectory reports."""
+    """Frames from one sampler and (for melt-quench and relax) the trajectory reports."""
     from samplers.config import parse_config
-    from samplers.dynamics import MeltQuenchConfig
+    from samplers.dynamics import MeltQuenchConfig, trajectory_frames
     from samplers.frames import read_frames
-    from samplers.melt_quench import run_melt_quench, trajectory_frames
+    from samplers.melt_quench import run_melt_quench
     from samplers.random_structures import RandomStructureConfig, sample_random
+    from samplers.relax import RelaxConfig, relax_structures
     from samplers.substitution import SubstitutionConfig, sample_substitution
 
     settings = settings or {}
@@ -90,34 +91,43 @@ def run_sampler(
         seeds = read_frames(structures) if structures is not None else None
         return list(sample_substitution(model, config, seed, count, seeds)), []
     if model is None:
-        raise ConfigError("melt-quench needs --model: the ensemble drives the dynamics and scores the frames")
+        raise ConfigError(f"{sampler} needs --model: the ensemble drives the dynamics and scores the frames")
     from samplers.config import check_elements
 
     try:
         check_elements(elements)
     except ValueError as exc:
-        raise ConfigError(f"melt-quench: {exc}") from None
-    config = parse_config(MeltQuenchConfig, "melt_quench", **settings.get("melt_quench", {}))
-    starts = _start_structures(structures, elements, settings, seed, count)
-    trajectories = run_melt_quench(model, starts, config, seed)
+        raise ConfigError(f"{sampler}: {exc}") from None
+    if sampler == "relax":
+        config = parse_config(RelaxConfig, "relax", **settings.get("relax", {}))
+        starts = _start_structures(structures, elements, settings, seed, count)
+        trajectories = relax_structures(model, starts, config, seed)
+    else:
+        config = parse_config(MeltQuenchConfig, "melt_quench", **settings.get("melt_quench", {}))
+        starts = _start_structures(structures, elements, settings, seed, count)
+        trajectories = run_melt_quench(model, starts, config, seed)
     return list(trajectory_frames(trajectories, config.include_stop_frames)), [t.report() for t in trajectories]
 
 
 def sample(
-    sampler: str = typer.Option(..., "--sampler", help="random | melt-quench | substitute"),
+    sampler: str = typer.Option(..., "--sampler", help="random | melt-quench | relax | substitute"),
     elements: list[str] = typer.Option(..., "--elements", help="element symbols, e.g. Cu,Al,Ni or Cu Al Ni"),
     out: Path = typer.Option(..., "--out", help="extended XYZ file to write"),
-    model: Optional[Path] = typer.Option(None, "--model", help="ensemble checkpoint (required for melt-quench)"),
-    count: int = typer.Option(10, "--count", help="structures (random, substitute) or trajectories (melt-quench)"),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="ensemble checkpoint (required for melt-quench and relax)"
+    ),
+    count: int = typer.Option(
+        10, "--count", help="structures (random, substitute, relax) or trajectories (melt-quench)"
+    ),
     seed: int = typer.Option(0, "--seed"),
     config: Optional[Path] = typer.Option(
-        None, "--config", help="YAML/JSON with sections random / melt_quench / substitute"
+        None, "--config", help="YAML/JSON with sections random / melt_quench / relax / substitute"
     ),
     structures: Optional[Path] = typer.Option(
-        None, "--structures", help="extended XYZ of start (melt-quench) or seed (substitute) structures"
+        None, "--structures", help="extended XYZ of start (melt-quench, relax) or seed (substitute) structures"
     ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)"),
-    report: Optional[Path] = typer.Option(None, "--report", help="JSON file for melt-quench trajectory reports"),
+    report: Optional[Path] = typer.Option(None, "--report", help="JSON file for melt-quench/relax trajectory reports"),
 ) -> list:
     """Explore with one sampler and write the frames (σ_F, per-atom deviations, provenance)."""
     from samplers.frames import write_frames
@@ -169,7 +179,7 @@ def _known_hashes(path: Path | None) -> set[str]:
 
 def _stored_hashes(frames) -> set[str]:
     """Hashes of ``frames`` already stored, when a MongoDB is configured (else none)."""
-    from flows.cli import config as cli_config
+    from flows.commands.context import config as cli_config
     from pipeline.hashing import frame_hash
     from pipeline.store import connect_from_config, existing_hashes
 

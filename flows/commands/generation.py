@@ -193,7 +193,7 @@ def run(
     prefect: bool = typer.Option(True, help="Run as a Prefect flow (PREFECT_API_URL, or a temporary server)."),
 ) -> None:
     """Run (or resume) one generation against the configured MongoDB."""
-    from flows.cli import State
+    from flows.commands.context import State
     from flows.config import load_config
     from pipeline.store import connect_from_config
 

@@ -45,7 +45,7 @@ def train(
         if not frames:
             raise DataFileError(f"no frames in {', '.join(map(str, data))}")
     else:
-        from flows.cli import connect_store
+        from flows.commands.context import connect_store
         from pipeline.reads import iter_labelled
 
         connect_store()  # the configured MongoDB; a plain error when none is configured

@@ -36,7 +36,7 @@ def add(
     ),
 ) -> None:
     """Add a probe set from labelled files, or label the files first (--label)."""
-    from flows.cli import config, connect_store, console
+    from flows.commands.context import config, connect_store, console
     from pipeline.probes import add_probe_set, check_name, check_name_free
 
     settings = config()
@@ -131,7 +131,7 @@ def list_sets(as_json: bool = typer.Option(False, "--json", help="Machine-readab
     """The probe sets, and whether the configured generations score their models on each."""
     import json
 
-    from flows.cli import config, connect_store, console
+    from flows.commands.context import config, connect_store, console
     from flows.stages import training_theories
     from pipeline.probes import probe_sets
 
@@ -164,7 +164,7 @@ def list_sets(as_json: bool = typer.Option(False, "--json", help="Machine-readab
 
 def remove(name: str = typer.Argument(..., help="The probe set to remove.")) -> None:
     """Remove a probe set and its frames (metrics of past generations stay)."""
-    from flows.cli import connect_store, console
+    from flows.commands.context import connect_store, console
     from pipeline.probes import remove_probe_set
 
     connect_store()

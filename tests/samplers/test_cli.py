@@ -135,6 +135,28 @@ def test_melt_quench_from_a_saved_model(tmp_path, ensemble):
     assert "trajectories: 2 completed" in result.output
 
 
+def test_relax_from_a_saved_model(tmp_path, ensemble):
+    from potential import save_ensemble
+
+    model = save_ensemble(ensemble, tmp_path / "model")
+    settings = tmp_path / "explore.yaml"
+    settings.write_text("relax:\n  max_steps: 12\n  frame_interval: 6\n  fmax: 1.0e-6\n  hi: null\n")
+    out, report = tmp_path / "relax.xyz", tmp_path / "relax.json"
+    result = invoke(
+        "sample", "--sampler", "relax", "--model", str(model), "--elements", "Li F", "--count", "2",
+        "--seed", "1", "--config", str(settings), "--out", str(out), "--report", str(report), "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    reports = json.loads(report.read_text())
+    assert [r["stop"]["reason"] for r in reports] == ["completed", "completed"]
+    frames = read_frames(out)
+    assert [f.info["provenance"]["step"] for f in frames] == [0, 6, 12, 0, 6, 12]
+    assert {f.info["provenance"]["sampler"] for f in frames} == {"relax"}
+    assert "trajectories: 2 completed" in result.output
+    with pytest.raises(ConfigError, match="relax needs --model"):
+        run_sampler("relax", None, ["Cu"], 1, 0)
+
+
 def test_select_known_frames_from_an_extxyz(tmp_path, ensemble):
     frames = list(sample_random(ensemble, RandomStructureConfig(elements=["Al"], min_atoms=3, max_atoms=5), 0, 6))
     explored, known, out = tmp_path / "e.xyz", tmp_path / "k.xyz", tmp_path / "o.xyz"
