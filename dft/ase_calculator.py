@@ -339,6 +339,11 @@ class ASESettings(BaseModel):
     min_covalent_ratio: float = Field(
         0.3, ge=0, le=1, description="Refuse frames with two atoms closer than this × the sum of covalent radii."
     )
+    fresh_worker: Optional[bool] = Field(
+        None,
+        description="True: a new worker process per frame; False: one worker labels frame after frame; None: "
+        "reuse it for in-process calculators (EMT, a Python potential), a new one for codes that write files.",
+    )
 
     @field_validator("calculator")
     @classmethod
@@ -374,6 +379,18 @@ class ASESettings(BaseModel):
             return takes_directory(calculator_class(self.calculator))
         except ConfigError:  # check() reports it; a directory does no harm meanwhile
             return True
+
+    @property
+    def reuse_worker(self) -> bool:
+        """Whether one worker process may label frame after frame (see :mod:`dft.runner`).
+
+        An in-process calculator pays for a fresh worker (a Python start, ASE and the
+        calculator's imports) far more than for its single point; one that runs a code
+        in a directory of its own does not notice the start-up, and is kept apart.
+        """
+        if self.fresh_worker is not None:
+            return not self.fresh_worker
+        return not self.uses_workdir
 
     def theory_spec(self) -> dict[str, Any]:
         """The level of theory as a JSON-ready dict: what a label's number depends on."""

@@ -34,6 +34,17 @@ class SlowEMT(EMT):
         super().calculate(atoms, properties, system_changes)
 
 
+class SlowForLargeEMT(EMT):
+    """EMT that hangs for ``seconds`` on frames of ``min_atoms`` atoms or more: one bad frame in a batch."""
+
+    default_parameters = {**EMT.default_parameters, "seconds": 3600.0, "min_atoms": 10}
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        if len(atoms if atoms is not None else self.atoms) >= int(self.parameters.min_atoms):
+            time.sleep(float(self.parameters.seconds))
+        super().calculate(atoms, properties, system_changes)
+
+
 class RaisingCalculator(Calculator):
     """A code that fails: every calculation raises."""
 
