@@ -38,14 +38,37 @@ LEVEL_SHIFT = 0.25
 ALTERNATIVE_GUESS = "atom"
 
 
-class _CycleCounter:
-    """SCF callback counting iterations (DIIS cycles or Newton macro iterations)."""
+class _Abandoned(Exception):
+    """A candidate state's SCF settled far above the best state found (see dft/spin.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, energy: float, cycles: int):
+        super().__init__(f"settled at {energy} Ha after {cycles} cycles")
+        self.energy = energy
+        self.cycles = cycles
+
+
+class _CycleCounter:
+    """SCF callback counting iterations (DIIS cycles or Newton macro iterations).
+
+    With ``abandon_above`` (Hartree) it stops the SCF, by raising :class:`_Abandoned`, once
+    the energy has settled above that line (PySCF and GPU4PySCF pass the kernel's locals).
+    """
+
+    def __init__(self, abandon_above: Optional[float] = None) -> None:
         self.count = 0
+        self.abandon_above = abandon_above
 
     def __call__(self, envs) -> None:
         self.count += 1
+        if self.abandon_above is None or self.count < spin.ABANDON_MIN_CYCLES:
+            return
+        energy, last = envs.get("e_tot"), envs.get("last_hf_e")
+        try:
+            energy, last = float(energy), float(last)
+        except (TypeError, ValueError):
+            return
+        if np.isfinite(energy) and abs(energy - last) < spin.SETTLED_HARTREE and energy > self.abandon_above:
+            raise _Abandoned(energy, self.count)
 
 
 def ladder_rungs(settings: DFTSettings) -> list[str]:
@@ -320,7 +343,11 @@ def search_lowest_state(frame: "_Frame", solver: "PySCFSolver", reference: Optio
             reference.candidate, moments, decision, solver.candidates, frame.plan.state.policy
         )
     search = spin.StateSearch(
-        frame.atoms, solver, reference_spin=frame.plan.state.spin, max_states=frame.settings.spin_max_states
+        frame.atoms,
+        solver,
+        reference_spin=frame.plan.state.spin,
+        max_states=frame.settings.spin_max_states,
+        abandon_ev=frame.settings.spin_abandon_ev,
     )
     if reference is not None:
         search.solutions.append(reference)
@@ -372,7 +399,14 @@ class PySCFSolver:
         )
 
     def run(
-        self, name: str, spin_2s: int, restricted: bool, dm0=None, guess: str = "minao", free_spin: bool = False
+        self,
+        name: str,
+        spin_2s: int,
+        restricted: bool,
+        dm0=None,
+        guess: str = "minao",
+        free_spin: bool = False,
+        abandon_above: Optional[float] = None,
     ) -> Optional[spin.Solution]:
         t0 = time.perf_counter()
         frame = self.frame
@@ -398,7 +432,7 @@ class PySCFSolver:
             )
             if self.smeared:
                 mf = _smear(mf, self.settings, fix_spin=not free_spin and not restricted)
-            counter = _CycleCounter()
+            counter = _CycleCounter(abandon_above)
             mf.callback = counter
             mf.kernel(dm0=dm0)
             energy, _, _ = _energy_of(mf)
@@ -409,6 +443,12 @@ class PySCFSolver:
                 candidate.spin = int(round(abs(float(np.sum(self.spin_moments(mf))))))
             candidate.s2 = self.spin_square(mf, restricted) if candidate.converged else None
             solution = spin.Solution(mf=mf, energy=float(energy), candidate=candidate)
+        except _Abandoned as stop:
+            candidate.abandoned = True
+            candidate.energy_ev = stop.energy * Hartree
+            candidate.cycles = stop.cycles
+            above = (stop.energy - abandon_above) * Hartree + (self.settings.spin_abandon_ev or 0.0)
+            candidate.error = f"abandoned after {stop.cycles} cycles: settled {above:.2f} eV above the best state"
         except Exception as exc:
             kind = classify_exception(exc)
             candidate.error = describe_exception(exc)

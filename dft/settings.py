@@ -103,6 +103,12 @@ class DFTSettings(BaseModel):
     spin_max_states: int = Field(
         6, ge=2, le=40, description="'auto': at most this many spin multiplicities per frame in the search."
     )
+    spin_abandon_ev: Optional[float] = Field(
+        1.0,
+        gt=0,
+        description="'auto': stop a candidate state whose SCF energy has settled more than this many eV above the "
+        "best state found so far (it cannot win); None: run every candidate to convergence.",
+    )
     # --- smearing and the rescue ladder ---------------------------------------------------
     smearing_method: SmearingMethod = "fermi"
     smearing_sigma: float = Field(0.1, gt=0, le=2.0, description="Smearing width in eV (0.1 eV ≈ 1160 K).")
@@ -220,6 +226,10 @@ class DFTSettings(BaseModel):
                 "gap_ev": self.spin_search_gap,
                 "max_states": self.spin_max_states,
             }
+            if self.spin_abandon_ev is not None:
+                # A winner could in principle be abandoned, so the margin is part of the key
+                # (search version 2); without it the search is version 1's, key and all.
+                spec["search"].update(version=2, abandon_ev=self.spin_abandon_ev)
         return spec
 
     def theory_key(self) -> str:

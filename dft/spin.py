@@ -24,6 +24,11 @@ hand, in an order that keeps the cheap case cheap:
    moments (whole fragments against each other when the frame has several, else a
    balanced partition of the moments), built from the best high-spin density.
 
+A candidate whose SCF energy has settled (changes by less than :data:`SETTLED_HARTREE`
+per cycle, after :data:`ABANDON_MIN_CYCLES`) more than ``settings.spin_abandon_ev`` above
+the best state found so far is abandoned: converging it would only confirm that it loses,
+and the open-shell random clusters of self-play spend most of their search on such states.
+
 The lowest converged energy wins (ties within :data:`TIE_HARTREE` go to the less spin-
 contaminated, then lower, spin). Smeared frames (``always_smear``) follow VASP: the
 non-magnetic solution, then free-spin unrestricted solutions from ferromagnetic and
@@ -60,6 +65,12 @@ BROKEN_SYMMETRY_CONTAMINATION = 0.5
 #: A stability eigenvector whose follow-up SCF does not lower the energy by more than this
 #: (Hartree) is taken as converging back to the same solution.
 FOLLOW_GAIN = 1e-7
+#: A candidate's SCF energy counts as settled when one cycle changes it by less than this
+#: (Hartree, 2.7 meV): from there a converging SCF lowers it by little more than the
+#: last steps did, far less than the abandon margin.
+SETTLED_HARTREE = 1e-4
+#: Cycles an SCF runs before it may be abandoned (the first cycles of DIIS jump around).
+ABANDON_MIN_CYCLES = 5
 
 
 @dataclass
@@ -77,6 +88,8 @@ class Candidate:
     time_s: float = 0.0
     smeared: bool = False
     error: Optional[str] = None
+    #: stopped early, settled far above the best state (``energy_ev`` is its last energy)
+    abandoned: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,8 +119,16 @@ class Solver(Protocol):
     candidates: list[Candidate]
 
     def run(
-        self, name: str, spin: int, restricted: bool, dm0=None, guess: str = "minao", free_spin: bool = False
-    ) -> Optional[Solution]: ...
+        self,
+        name: str,
+        spin: int,
+        restricted: bool,
+        dm0=None,
+        guess: str = "minao",
+        free_spin: bool = False,
+        abandon_above: Optional[float] = None,
+    ) -> Optional[Solution]:
+        """One SCF; with ``abandon_above`` (Hartree) it stops once its energy settles above that."""
 
     def stability(self, mf) -> Optional[tuple[Any, str]]:
         """Orbitals of a lower solution and the kind of instability, or None when stable."""
@@ -233,11 +254,20 @@ def needs_search(reference: Optional[Solution], gap_hartree: Optional[float], th
 class StateSearch:
     """Runs steps 3-5 of the module docstring around a finished reference."""
 
-    def __init__(self, atoms: Atoms, solver: Solver, *, reference_spin: int, max_states: int):
+    def __init__(
+        self,
+        atoms: Atoms,
+        solver: Solver,
+        *,
+        reference_spin: int,
+        max_states: int,
+        abandon_ev: Optional[float] = None,
+    ):
         self.atoms = atoms
         self.solver = solver
         self.reference_spin = reference_spin
         self.max_states = max_states
+        self.abandon_ev = abandon_ev
         self.solutions: list[Solution] = []  # the converged ones
         self.spins_tried: set[int] = set()
 
@@ -257,6 +287,9 @@ class StateSearch:
 
     def run(self, name: str, spin: int, restricted: bool, **kwargs) -> Optional[Solution]:
         self.spins_tried.add(spin)
+        best = self.best()
+        if self.abandon_ev is not None and best is not None:
+            kwargs.setdefault("abandon_above", best.energy + self.abandon_ev / Hartree)
         return self.add(self.solver.run(name, spin, restricted, **kwargs))
 
     # the steps ---------------------------------------------------------------------------

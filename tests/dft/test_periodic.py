@@ -78,3 +78,22 @@ def test_periodic_cell_energy_forces_and_stress():
     assert abs(result.stress[0] - fd_stress) < 1e-5
     # Cubic symmetry is broken only by the displaced atom: diagonal terms stay alike.
     assert np.ptp(result.stress[:3]) < 0.1 * np.abs(result.stress[:3]).max()
+
+
+def test_periodic_cpu_config_loads_with_the_recommended_cell_settings(tmp_path):
+    """flows/periodic_cpu.yaml is a valid generation config whose labeller is the CPU
+    setting dft/README.md recommends for small cells (benchmarks/results/periodic_cpu.md);
+    the mesh it gives the benchmark's 2-atom Si cell is 2×2×2."""
+    from pathlib import Path
+
+    from dft.backend import kpoint_mesh
+    from flows.config import load_config
+    from tests.dft.helpers import silicon_pair
+
+    path = Path(__file__).resolve().parents[2] / "flows" / "periodic_cpu.yaml"
+    config = load_config(path, workdir=tmp_path, mongodb_uri=None)
+    dft = config.dft
+    assert isinstance(dft, DFTSettings)
+    assert (dft.pbc_basis, dft.pbc_ke_cutoff, dft.pbc_precision) == ("gth-dzvp-molopt-sr", 60, 1e-6)
+    assert dft.kpts is None and kpoint_mesh(silicon_pair(), dft) == (2, 2, 2)
+    assert dft.theory_key() != DFTSettings().theory_key()

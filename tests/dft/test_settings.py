@@ -76,3 +76,35 @@ def test_unknown_functional_is_a_config_error():
     DFTSettings(functional="b3lyp").check()
     with pytest.raises(ConfigError, match="no-such-functional"):
         DFTSettings(functional="no-such-functional").check()
+
+
+def test_default_theory_key_is_pinned():
+    """Existing labels are stored under this key: a change of the default level of theory
+    (or of how the spec is written) must be deliberate, with THEORY_SPEC_VERSION bumped."""
+    assert DFTSettings().theory_key() == "98e70191ae604792"
+    # the search that abandons hopeless candidates is search version 2; without the margin
+    # it is version 1, whose labels keep the key they were stored under
+    assert DFTSettings(spin_abandon_ev=None).theory_key() == "9dcaeec9d1928d7c"
+    assert DFTSettings(spin_abandon_ev=0.5).theory_key() != DFTSettings().theory_key()
+
+
+def test_periodic_cpu_knobs_enter_the_key_and_are_validated():
+    """The fields benchmarks/bench_periodic.py varies (dft/README.md, "Periodic cells on a
+    CPU") each change the key; out-of-range values are refused."""
+    base = DFTSettings()
+    cpu = DFTSettings(pbc_basis="gth-szv", kpts=(2, 2, 2), pbc_ke_cutoff=40, pbc_precision=1e-6)
+    keys = {
+        base.theory_key(),
+        cpu.theory_key(),
+        DFTSettings(pbc_ke_cutoff=40).theory_key(),
+        DFTSettings(pbc_precision=1e-6).theory_key(),
+        DFTSettings(kpoint_density=0).theory_key(),
+        DFTSettings(pbc_pseudo="gth-pade", functional="lda,vwn").theory_key(),
+    }
+    assert len(keys) == 6
+    spec = cpu.theory_spec()["periodic"]
+    assert spec["ke_cutoff"] == 40 and spec["precision"] == 1e-6 and spec["kpts"] == [2, 2, 2]
+    assert spec["kpoint_density"] is None  # an explicit mesh replaces the density
+    for bad in ({"pbc_ke_cutoff": 0}, {"pbc_precision": 1e-2}, {"kpoint_density": -1}, {"kpts": (2, 0, 2)}):
+        with pytest.raises(ValidationError):
+            DFTSettings(**bad)

@@ -90,6 +90,28 @@ def test_triplet_oxygen_molecule():
     assert result.info["multiplicity"] == 3 and result.info["magnetic_moments"] == recorded["magnetic_moments"]
 
 
+def test_hopeless_candidates_are_abandoned_without_changing_the_label():
+    """Quintet O2 lies eV above the triplet: its SCF is stopped once settled, not converged."""
+    o2 = Atoms("O2", positions=[[0, 0, 0], [0, 0, 1.21]])
+    full = label(o2, SETTINGS.model_copy(update={"spin_abandon_ev": None}))
+    quick = label(o2)  # the default margin, 1 eV
+    assert abs(quick.energy - full.energy) < SAME_STATE_EV
+    np.testing.assert_allclose(quick.forces, full.forces, atol=1e-6)
+    assert state(quick)["spin"] == state(full)["spin"] == 2
+    by_name = {c["name"]: c for c in state(quick)["candidates"]}
+    quintet = by_name["2S=4 UKS"]
+    assert quintet["abandoned"] and not quintet["converged"]
+    assert "abandoned after" in quintet["error"] and "eV above the best state" in quintet["error"]
+    # its last energy says how far above it had settled: more than the margin
+    assert quintet["energy_ev"] > quick.energy + 1.0
+    converged_quintet = {c["name"]: c for c in state(full)["candidates"]}["2S=4 UKS"]
+    assert converged_quintet["converged"] and not converged_quintet["abandoned"]
+    assert quintet["cycles"] < converged_quintet["cycles"]
+    # the settled energy is close to where the converged SCF ends (well within the margin)
+    assert abs(quintet["energy_ev"] - converged_quintet["energy_ev"]) < 0.1
+    assert quick.theory_key != full.theory_key  # the margin is part of the level-of-theory key
+
+
 def test_stretched_bond_is_a_broken_symmetry_singlet():
     h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 3.0]])
     result = label(h2)
