@@ -244,6 +244,10 @@ class TrajectoryRecorder:
         """A relaxation reached its force threshold at ``step`` (already observed and kept)."""
         self._stop("converged", step, detail, None)
 
+    def complete(self, step: int, detail: str) -> None:
+        """The run used all its steps (for runs whose last step was not observed)."""
+        self._stop("completed", step, detail, None)
+
     def fail(self, step: int, atoms: Atoms, detail: str, kinetic: float | None = None) -> None:
         """Stop as unphysical between sampled steps (NaN positions, model refused the geometry)."""
         self._stop("unphysical", step, detail, self._frame(atoms, step, None, kinetic))

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.atoms import check_atoms
 from pipeline.errors import InvalidStructure
-from samplers.dynamics import StopInfo, Trajectory, TrajectoryRecorder, stop_summary, trajectory_frames
+from samplers.dynamics import Trajectory, TrajectoryRecorder, stop_summary, trajectory_frames
 from samplers.frames import clean_copy
 from samplers.model import as_evaluator, evaluate_options
 
@@ -170,7 +170,7 @@ def relax_structures(
                 continue
             if step == config.max_steps:
                 if not state.recorder.done:
-                    state.recorder.trajectory.stop = _completed(config, step)
+                    state.recorder.complete(step, f"ran all {step} steps without reaching fmax {config.fmax}")
                 continue
             state.step(config)
             still.append(state)
@@ -188,10 +188,6 @@ def relax_structures(
     trajectories = [state.recorder.trajectory for state in states]
     log.info("relax: %d structures, stops %s", len(trajectories), stop_summary(trajectories))
     return trajectories
-
-
-def _completed(config: RelaxConfig, step: int) -> StopInfo:
-    return StopInfo("completed", step, f"ran all {config.max_steps} steps without reaching fmax {config.fmax}")
 
 
 def _largest_force(forces: np.ndarray) -> float:
