@@ -157,11 +157,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict:
+def versions(packages: tuple[str, ...] = ("tblite", "pyscf", "ase", "numpy", "torch")) -> dict:
+    """Installed versions of ``packages`` (None for those missing)."""
     from importlib import metadata
 
     out = {}
-    for package in ("tblite", "pyscf", "ase", "numpy", "torch"):
+    for package in packages:
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

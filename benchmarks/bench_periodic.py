@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from bench_labellers import cpu_model, versions  # run as a script: benchmarks/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,28 +260,6 @@ def integrals_probe(atoms) -> list[dict]:
     return rows
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {}
-    for package in ("pyscf", "ase", "numpy", "scipy"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
-
-
 def _fmt(value, spec: str = ".1f") -> str:
     return "" if value is None else format(value, spec)
 
@@ -375,7 +354,7 @@ def main() -> None:
             "load_average_start": [round(x, 2) for x in load_start],
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "versions": versions(),
+        "versions": versions(("pyscf", "ase", "numpy", "scipy")),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "limits_s": limits,
         "total_s": time.perf_counter() - started,

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
-from pipeline.errors import InvalidStructure
 from samplers.dynamics import (
     MeltQuenchConfig,
     Trajectory,
     TrajectoryRecorder,
+    evaluate_or_stop,
     initial_momenta,
     kinetic_temperature,
     trajectory_rng,
@@ -113,31 +113,10 @@ class BatchedLangevin:
                 running.append(state)
         if not running:
             return running
-        frames = [s.atoms for s in running]
-        try:
-            results = self._call(frames, self.config.is_frame_step(step))
-        except InvalidStructure:
-            # The model refuses geometries it cannot represent (atoms on top of each other):
-            # find the offenders one by one, and go on with the rest.
-            results = []
-            for state in running:
-                try:
-                    results.extend(self._call([state.atoms], self.config.is_frame_step(step)))
-                except InvalidStructure as exc:
-                    state.recorder.fail(
-                        step, state.atoms, f"model refused the geometry: {exc}", state.kinetic_temperature
-                    )
-                    results.append(None)
-        kept = []
-        for state, result in zip(running, results):
-            if result is None:
-                continue
-            if not np.all(np.isfinite(result["forces"])):
-                state.recorder.fail(step, state.atoms, "model forces are NaN or infinite", state.kinetic_temperature)
-                continue
-            state.result = result
-            kept.append(state)
-        return kept
+        scores = self.config.is_frame_step(step)
+        return evaluate_or_stop(
+            running, lambda frames: self._call(frames, scores), step, lambda state: state.kinetic_temperature
+        )
 
     def _call(self, frames: list[Atoms], scores: bool) -> list[dict]:
         self.model_calls += 1

@@ -1,4 +1,4 @@
-"""What the MD samplers share: the melt/quench schedule, stop rules and trajectory records.
+"""What the MD and relaxation samplers share: the melt/quench schedule, stop rules and trajectory records.
 
 A trajectory is sampled every ``frame_interval`` steps (and at its last step). At each
 sampled step the geometry is checked first (NaN, a pair closer than
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Optional, Protocol
 
 import numpy as np
 from ase import Atoms, units
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InvalidStructure
 from pipeline.selection import geometry_problem
 from samplers.frames import make_frame, parent_hash, provenance
 
@@ -251,6 +251,46 @@ class TrajectoryRecorder:
     def fail(self, step: int, atoms: Atoms, detail: str, kinetic: float | None = None) -> None:
         """Stop as unphysical between sampled steps (NaN positions, model refused the geometry)."""
         self._stop("unphysical", step, detail, self._frame(atoms, step, None, kinetic))
+
+
+def evaluate_or_stop(
+    states: Sequence[Any],
+    call: Callable[[list[Atoms]], list[dict]],
+    step: int,
+    kinetic: Optional[Callable[[Any], Any]] = None,
+) -> list[Any]:
+    """The model's results for the ``states`` (objects with ``atoms``, ``recorder`` and
+    ``result``) from one ``call(list[Atoms])``; those that can go on, each with its result.
+
+    The model refuses geometries it cannot represent (atoms on top of each other): the
+    offenders are then found one by one and stopped as unphysical, with every state whose
+    forces are not finite, and the rest go on. ``kinetic(state)`` gives the temperature a
+    stop frame records (MD); None records none (relaxation).
+    """
+    if not states:
+        return []
+    try:
+        results: list[Optional[dict]] = list(call([s.atoms for s in states]))
+    except InvalidStructure:
+        results = []
+        for state in states:
+            try:
+                results.extend(call([state.atoms]))
+            except InvalidStructure as exc:
+                temperature = kinetic(state) if kinetic else None
+                state.recorder.fail(step, state.atoms, f"model refused the geometry: {exc}", temperature)
+                results.append(None)
+    kept = []
+    for state, result in zip(states, results):
+        if result is None:
+            continue
+        if not np.all(np.isfinite(result["forces"])):
+            temperature = kinetic(state) if kinetic else None
+            state.recorder.fail(step, state.atoms, "model forces are NaN or infinite", temperature)
+            continue
+        state.result = result
+        kept.append(state)
+    return kept
 
 
 def stop_summary(trajectories: list[Trajectory]) -> dict[str, int]:

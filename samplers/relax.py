@@ -29,8 +29,7 @@ from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.atoms import check_atoms
-from pipeline.errors import InvalidStructure
-from samplers.dynamics import Trajectory, TrajectoryRecorder, stop_summary, trajectory_frames
+from samplers.dynamics import Trajectory, TrajectoryRecorder, evaluate_or_stop, stop_summary, trajectory_frames
 from samplers.frames import clean_copy
 from samplers.model import as_evaluator, evaluate_options
 
@@ -202,33 +201,8 @@ def _evaluate(evaluator: Any, states: list[_Relaxation], step: int, scores: bool
             running.append(state)
         else:
             state.recorder.fail(step, state.atoms, "positions became NaN or infinite")
-    if not running:
-        return running
-    try:
-        results = evaluator.evaluate(
-            [s.atoms for s in running], **evaluate_options(evaluator, stress=False, scores=scores)
-        )
-    except InvalidStructure:
-        # the model refuses geometries it cannot represent: find them one by one
-        results = []
-        for state in running:
-            try:
-                results.extend(
-                    evaluator.evaluate([state.atoms], **evaluate_options(evaluator, stress=False, scores=scores))
-                )
-            except InvalidStructure as exc:
-                state.recorder.fail(step, state.atoms, f"model refused the geometry: {exc}")
-                results.append(None)
-    kept = []
-    for state, result in zip(running, results):
-        if result is None:
-            continue
-        if not np.all(np.isfinite(result["forces"])):
-            state.recorder.fail(step, state.atoms, "model forces are NaN or infinite")
-            continue
-        state.result = result
-        kept.append(state)
-    return kept
+    options = evaluate_options(evaluator, stress=False, scores=scores)
+    return evaluate_or_stop(running, lambda frames: evaluator.evaluate(frames, **options), step)
 
 
 def relaxed_end_points(model: Any, structures: Sequence[Atoms], config: RelaxConfig) -> list[Atoms]:
