@@ -50,17 +50,25 @@ class RandomSampler(_Section):
         return self.params.with_elements(elements)
 
 
-class MeltQuenchSampler(_Section):
-    """Heat, hold and cool with the current model, starting from random structures and stored frames."""
+class _StartedSampler(_Section):
+    """A sampler that starts from structures: a share of stored labelled frames, the rest random."""
 
-    enabled: bool = True
-    trajectories: int = Field(8, ge=0, description="trajectories per generation")
     from_database: float = Field(
         0.5, ge=0, le=1, description="share of starting structures drawn from labelled frames (rest: random)"
     )
     start: RandomStructureParams = Field(
         default_factory=RandomStructureParams, description="the random starting structures"
     )
+
+    def build_start(self, elements: list[str]) -> RandomStructureConfig:
+        return self.start.with_elements(elements)
+
+
+class MeltQuenchSampler(_StartedSampler):
+    """Heat, hold and cool with the current model, starting from random structures and stored frames."""
+
+    enabled: bool = True
+    trajectories: int = Field(8, ge=0, description="trajectories per generation")
     params: MeltQuenchConfig = Field(default_factory=MeltQuenchConfig)
     relax_starts: int = Field(
         0,
@@ -78,25 +86,13 @@ class MeltQuenchSampler(_Section):
             return None
         return RelaxConfig(max_steps=self.relax_starts, hi=None, min_covalent_ratio=self.params.min_covalent_ratio)
 
-    def build_start(self, elements: list[str]) -> RandomStructureConfig:
-        return self.start.with_elements(elements)
 
-
-class RelaxSampler(_Section):
+class RelaxSampler(_StartedSampler):
     """Relax random structures and stored frames with the current model, keeping the path (off by default)."""
 
     enabled: bool = False
     count: int = Field(8, ge=0, description="relaxations per generation")
-    from_database: float = Field(
-        0.5, ge=0, le=1, description="share of structures drawn from labelled frames (rest: random)"
-    )
-    start: RandomStructureParams = Field(
-        default_factory=RandomStructureParams, description="the random structures to relax"
-    )
     params: RelaxConfig = Field(default_factory=RelaxConfig)
-
-    def build_start(self, elements: list[str]) -> RandomStructureConfig:
-        return self.start.with_elements(elements)
 
 
 class SubstitutionSampler(_Section):
