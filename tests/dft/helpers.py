@@ -25,6 +25,26 @@ def silicon_pair() -> Atoms:
     return Atoms("Si2", positions=[[0.0, 0.0, 0.0], [1.40, 1.33, 1.38]], cell=cell, pbc=True)
 
 
+def label_one_after_another(settings, frames: list[Atoms]) -> tuple[list, list[int]]:
+    """Each frame through one runner pool of one worker, waiting for each to finish:
+    ``(outcomes, workers spawned so far after each frame)``, to see which worker was reused."""
+    from dft.runner import _Pool
+
+    pool = _Pool(settings, workers=1)
+    outcomes, spawned = [], []
+    try:
+        for index, atoms in enumerate(frames):
+            pool.launch(index, f"frame {index}", atoms, settings.plan(atoms))
+            finished = []
+            while not finished:
+                finished = pool.poll(timeout=1.0)
+            outcomes.extend(outcome for _, outcome in finished)
+            spawned.append(pool.spawned)
+    finally:
+        pool.shutdown()
+    return outcomes, spawned
+
+
 def pyscf_reference(atoms: Atoms, xc: str = "pbe", spin: int = 0, charge: int = 0, conv_tol: float = 1e-9):
     """An independently built PySCF DF-KS calculation: ``(e_tot Hartree, gradient Ha/Bohr)``."""
     from pyscf import dft, gto

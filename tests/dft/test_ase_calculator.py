@@ -20,6 +20,7 @@ from dft.ase_calculator import (
 )
 from dft.results import DFTFailure, DFTResult
 from pipeline.errors import ConfigError
+from tests.dft.helpers import label_one_after_another
 
 EMT_PATH = "ase.calculators.emt:EMT"
 TEST_CALCULATORS = "tests.dft.ase_test_calculators"
@@ -325,8 +326,6 @@ def test_a_timeout_also_ends_the_program_the_calculator_started(tmp_path):
 def test_in_process_calculators_reuse_their_worker_and_file_codes_do_not():
     """EMT frames run one after another in one worker (start-up costs far more than EMT);
     a timed-out worker is killed and replaced; a file-writing code keeps a fresh one."""
-    from dft.runner import _Pool
-
     assert ASESettings(calculator=EMT_PATH, theory="EMT").reuse_worker
     assert not ASESettings(calculator=EMT_PATH, theory="EMT", fresh_worker=True).reuse_worker
     assert not ASESettings(calculator=f"{TEST_CALCULATORS}:EMTProgram", theory="p").reuse_worker
@@ -340,22 +339,10 @@ def test_in_process_calculators_reuse_their_worker_and_file_codes_do_not():
     # the 13-atom cluster hangs, the 8-atom cells are EMT at once
     frames = [alloy_cell(), alloy_cell(), alloy_cluster(), alloy_cell()]
     settings = ASESettings(calculator=f"{TEST_CALCULATORS}:SlowForLargeEMT", theory="slow", time_limit=3.0)
-    pool = _Pool(settings, workers=1)
-    outcomes = []
-    try:
-        for index, atoms in enumerate(frames):
-            pool.launch(index, f"frame {index}", atoms, settings.plan(atoms))
-            finished = []
-            while not finished:
-                finished = pool.poll(timeout=1.0)
-            outcomes.extend(finished)
-            if index == 1:
-                assert pool.spawned == 1  # the second frame ran in the first frame's worker
-    finally:
-        pool.shutdown()
-    kinds = [outcome.ok or outcome.kind for _, outcome in outcomes]
-    assert kinds == [True, True, "timeout", True]
-    assert pool.spawned == 2  # the timed-out worker was killed, not reused
+    outcomes, spawned = label_one_after_another(settings, frames)
+    assert [outcome.ok or outcome.kind for outcome in outcomes] == [True, True, "timeout", True]
+    # the second frame ran in the first frame's worker; the timed-out one was killed, not reused
+    assert spawned == [1, 1, 1, 2]
     energy, forces, _ = emt_directly(frames[3])
-    assert outcomes[3][1].energy == energy
-    np.testing.assert_array_equal(outcomes[3][1].forces, forces)
+    assert outcomes[3].energy == energy
+    np.testing.assert_array_equal(outcomes[3].forces, forces)

@@ -9,7 +9,7 @@ from ase.build import bulk, molecule
 
 from dft import DFTFailure, DFTResult, XTBSettings, label_frames, single_point
 from pipeline.errors import ConfigError, InvalidStructure
-from tests.dft.helpers import tblite_reference
+from tests.dft.helpers import label_one_after_another, tblite_reference
 
 tblite = pytest.importorskip("tblite.interface")
 
@@ -178,25 +178,11 @@ def test_missing_tblite_is_a_config_error(monkeypatch):
 def test_one_worker_labels_frame_after_frame_and_a_timed_out_one_is_replaced():
     """xTB frames reuse their worker process; the time limit still kills it, and the next
     frame gets a fresh one."""
-    from dft.runner import _Pool
-
     hydrogen = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
     slow_cell = rocksalt_mgo()  # periodic GFN2-xTB: seconds, far over the limit below
     settings = XTBSettings(threads=1, time_limit=0.3)
-    pool = _Pool(settings, workers=1)
-    outcomes = []
-    try:
-        for index, atoms in enumerate([hydrogen, water(), slow_cell, hydrogen]):
-            pool.launch(index, f"frame {index}", atoms, settings.plan(atoms))
-            finished = []
-            while not finished:
-                finished = pool.poll(timeout=1.0)
-            outcomes.extend(finished)
-            if index == 1:
-                assert pool.spawned == 1  # the second frame ran in the first frame's worker
-    finally:
-        pool.shutdown()
-    kinds = [outcome.ok or outcome.kind for _, outcome in outcomes]
-    assert kinds == [True, True, "timeout", True]
-    assert pool.spawned == 2  # the timed-out worker was killed, not reused
-    assert outcomes[3][1].energy == pytest.approx(outcomes[0][1].energy, abs=1e-9)
+    outcomes, spawned = label_one_after_another(settings, [hydrogen, water(), slow_cell, hydrogen])
+    assert [outcome.ok or outcome.kind for outcome in outcomes] == [True, True, "timeout", True]
+    # the second frame ran in the first frame's worker; the timed-out one was killed, not reused
+    assert spawned == [1, 1, 1, 2]
+    assert outcomes[3].energy == pytest.approx(outcomes[0].energy, abs=1e-9)
