@@ -707,7 +707,11 @@ def arm_overrides(arm: str, variants: dict[str, dict], random_count: Optional[in
     if arm == "no-self-play":
         overrides: dict = {
             "selection": {"strategy": "random"},
-            "explore": {"melt_quench": {"enabled": False}, "substitution": {"enabled": False}},
+            "explore": {
+                "melt_quench": {"enabled": False},
+                "substitution": {"enabled": False},
+                "relax": {"enabled": False},
+            },
         }
         if random_count is not None:
             overrides["explore"]["random"] = {"count": int(random_count)}
@@ -716,12 +720,15 @@ def arm_overrides(arm: str, variants: dict[str, dict], random_count: Optional[in
 
 
 def nominal_explored(config) -> int:
-    """Frames one generation of the configuration can explore at most (random + MD frames)."""
+    """Frames one generation of the configuration can explore at most (random, MD and relaxation frames)."""
     explore = config.explore
     count = explore.random.count if explore.random.enabled else 0
     if explore.melt_quench.enabled:
         params = explore.melt_quench.params
         count += explore.melt_quench.trajectories * (params.total_steps // params.frame_interval + 2)
+    if explore.relax.enabled:
+        params = explore.relax.params
+        count += explore.relax.count * (params.max_steps // params.frame_interval + 2)
     if explore.substitution.enabled:
         count += explore.substitution.count
     return count
@@ -787,6 +794,10 @@ def run_arm(job: dict) -> dict:
                 "seconds": time.perf_counter() - tick,
             }
         )
+    from pipeline.export import export_snapshot
+
+    # the arm's labels, for looking at what it chose (sampler, σ, forces) after the run
+    export_snapshot(workdir / "labelled.extxyz", format="extxyz")
     cache = workdir / "models"
     models = []
     final_model = None
