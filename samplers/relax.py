@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.atoms import check_atoms
 from samplers.dynamics import Trajectory, TrajectoryRecorder, evaluate_or_stop, stop_summary, trajectory_frames
-from samplers.frames import clean_copy
+from samplers.frames import clean_copy, parent_hash
 from samplers.model import as_evaluator, evaluate_options
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,9 @@ def relaxed_end_points(model: Any, structures: Sequence[Atoms], config: RelaxCon
     for structure, trajectory in zip(structures, trajectories):
         end = trajectory.frames[-1] if trajectory.frames else clean_copy(structure)
         end.info = dict(structure.info)
+        # the relaxed start is never stored: what MD from it names as its parent is the
+        # structure the relaxation began with (a stored frame or a random structure)
+        end.info["frame_hash"] = parent_hash(structure)
         ends.append(end)
     return ends
 

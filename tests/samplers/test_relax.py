@@ -110,6 +110,10 @@ def test_end_points_are_relaxed_geometries_and_keep_the_start_info(emt_scored):
     ends = relaxed_end_points(emt_scored, starts, RelaxConfig(fmax=0.05, max_steps=200))
     assert len(ends) == 2
     assert ends[0].info["parent"] == "abc"
+    # MD from an end point names the structure the relaxation began with as its parent
+    from samplers.frames import parent_hash
+
+    assert [parent_hash(end) for end in ends] == [parent_hash(start) for start in starts]
     for start, end in zip(starts, ends):
         assert end.calc is None
         assert emt_energy(end) < emt_energy(start)
