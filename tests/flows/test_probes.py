@@ -27,8 +27,10 @@ def selfplay(embedded_store, monkeypatch, capsys):
     """The real entry point (``flows.cli.main``) run in this process on the embedded store:
     ``selfplay(*args) -> (exit code, stdout, stderr)``."""
     import flows.cli
+    import flows.commands.context
 
-    monkeypatch.setattr(flows.cli, "connect_store", lambda require_persistent=True: None)
+    # the commands connect through the shared context; the embedded store is already connected
+    monkeypatch.setattr(flows.commands.context, "connect_store", lambda require_persistent=True: None)
     for name in [k for k in os.environ if k.startswith("SELFPLAY_")]:
         monkeypatch.delenv(name)
 
