@@ -43,10 +43,15 @@ KIND_SECTIONS = {
 
 
 def tiny_config_file(
-    directory: Path, backend: str, random_count: int | None = None, max_selected: int | None = None
+    directory: Path,
+    backend: str,
+    random_count: int | None = None,
+    max_selected: int | None = None,
+    dft: dict | None = None,
 ) -> Path:
     """tiny.yaml with the ``dft:`` section (and elements) of ``backend``, written to ``directory``;
-    ``random_count`` random structures and ``max_selected`` picks per generation instead of tiny.yaml's."""
+    ``random_count`` random structures and ``max_selected`` picks per generation instead of
+    tiny.yaml's; ``dft`` entries on top of the kind's section."""
     import yaml
 
     data = yaml.safe_load(TINY.read_text())
@@ -56,7 +61,9 @@ def tiny_config_file(
         data["selection"]["max_selected"] = max_selected
     section, elements = KIND_SECTIONS[backend]
     if section is not None:
-        data["dft"] = section
+        data["dft"] = dict(section)
+    if dft:
+        data["dft"] = {**data["dft"], **dft}
     if elements is not None:
         data["elements"] = elements
     directory.mkdir(parents=True, exist_ok=True)

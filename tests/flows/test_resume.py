@@ -61,12 +61,14 @@ def test_killed_during_labelling_and_exploring_resumes_exactly(mongo_server_uri,
         pytest.importorskip("tblite")
     # xTB and EMT label a frame in milliseconds: enough frames that the kill, polled every
     # 50 ms, lands while labels are still missing. xTB reuses its worker (about 7 labels a
-    # second), so it also labels more of them; EMT starts a process per frame.
+    # second), so it also labels more of them; EMT is given a process per frame
+    # (fresh_worker), without which it would finish its labels before the kill.
     config = tiny_config_file(
         tmp_path,
         backend,
         random_count=None if backend == "pyscf" else 60,
         max_selected=40 if backend == "xtb" else None,
+        dft={"fresh_worker": True} if backend == "ase" else None,
     )
     names = {kind: f"selfplay_resume_{kind}_{uuid.uuid4().hex[:6]}" for kind in ("reference", "crashed")}
     client = pymongo.MongoClient(mongo_server_uri)
