@@ -12,10 +12,12 @@ abandoning changed the label. Frames:
 - ``demo``: the random H/C/N/O clusters of ``selfplay demo`` (its sampler settings and
   seed, PBE/6-31G as in flows/demo.yaml): what self-play sends to DFT;
 - ``molecules``: closed-shell molecules near equilibrium (the cheap path);
-- ``cluster``: a metal cluster of ``--cluster-atoms`` atoms (Li by default: the largest
-  cluster two CPU cores label in minutes; pass ``--cluster-element Cu`` on a GPU node).
+- ``cluster``: a metal cluster of ``--cluster-atoms`` atoms (Li by default). On two shared
+  CPU cores even Li20 took more than 25 minutes and Li30 did not finish its first SCF in 15:
+  pass ``--no-cluster`` there, and ``--device gpu --cluster-element Cu --cluster-atoms 40``
+  on a GPU node.
 
-    python benchmarks/bench_spin_search.py                  # CPU, writes benchmarks/results/spin_search_cpu.json
+    python benchmarks/bench_spin_search.py --no-cluster     # CPU, writes benchmarks/results/spin_search_cpu.json
     python benchmarks/bench_spin_search.py --device gpu --cluster-element Cu --cluster-atoms 40
 """
 
