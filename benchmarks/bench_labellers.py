@@ -157,6 +157,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def hardware(load_start: tuple[float, ...]) -> dict:
+    """The machine a run measured on, with the load average when it started."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average_start": [round(x, 2) for x in load_start],
+    }
+
+
 def versions(packages: tuple[str, ...] = ("tblite", "pyscf", "ase", "numpy", "torch")) -> dict:
     """Installed versions of ``packages`` (None for those missing)."""
     from importlib import metadata
@@ -240,12 +250,7 @@ def main() -> None:
 
     load_start = os.getloadavg()
     result = {
-        "hardware": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_start": [round(x, 2) for x in load_start],
-        },
+        "hardware": hardware(load_start),
         "versions": versions(),
         "threads": args.threads,
         "pyscf_cells": f"pbc_basis={args.pyscf_cell_basis}, kpts={args.pyscf_cell_kpts}, gth-pbe, PBE",

@@ -33,13 +33,12 @@ import argparse
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from bench_labellers import cpu_model, versions  # run as a script: benchmarks/ is on sys.path
+from bench_labellers import hardware, versions  # run as a script: benchmarks/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -347,13 +346,7 @@ def main() -> None:
     references = compare(rows)
     integrals = [] if args.no_integrals else integrals_probe(frames["Si2"])
     result = {
-        "hardware": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average_start": [round(x, 2) for x in load_start],
-            "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "hardware": {**hardware(load_start), "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "versions": versions(("pyscf", "ase", "numpy", "scipy")),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "limits_s": limits,
