@@ -38,6 +38,12 @@ class TrainConfig(BaseModel):
 
     ensemble_size: int = Field(4, ge=1, le=64)
     epochs: int = Field(60, ge=1)
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps at least: on a small training set the epochs are raised to reach them "
+        "(an early generation of a few dozen frames is otherwise stopped long before it has learned them)",
+    )
     batch_size: int = Field(4, ge=1, description="structures per mini-batch")
     learning_rate: float = Field(3e-3, gt=0)
     min_learning_rate_ratio: float = Field(0.02, ge=0, le=1, description="cosine schedule ends at lr x this")

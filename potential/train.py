@@ -375,6 +375,7 @@ class _Training:
     counts: torch.Tensor  # (K, n_train) bootstrap weight of each training frame per member
     device: torch.device
     steps_per_epoch: int
+    epochs: int  # cfg.epochs, raised to reach cfg.min_steps
     total_steps: int
     warmup: int
     step: int = 0
@@ -398,6 +399,7 @@ class _Training:
         for p in ema.parameters():
             p.requires_grad_(False)
         steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+        epochs = max(cfg.epochs, math.ceil((cfg.min_steps or 0) / steps_per_epoch))
         return cls(
             cfg=cfg,
             model=model,
@@ -406,7 +408,8 @@ class _Training:
             counts=torch.as_tensor(counts, dtype=model.dtype, device=device),
             device=device,
             steps_per_epoch=steps_per_epoch,
-            total_steps=cfg.epochs * steps_per_epoch,
+            epochs=epochs,
+            total_steps=epochs * steps_per_epoch,
             warmup=int(cfg.warmup_epochs * steps_per_epoch),
         )
 
@@ -492,12 +495,12 @@ def _run_epochs(
         training.model.n_members,
         len(data.train),
         len(data.val),
-        cfg.epochs,
+        training.epochs,
         training.device,
     )
     with progress:
-        epochs_task = progress.add_task("epochs", total=cfg.epochs)
-        for epoch in range(1, cfg.epochs + 1):
+        epochs_task = progress.add_task("epochs", total=training.epochs)
+        for epoch in range(1, training.epochs + 1):
             t0 = time.perf_counter()
             train_loss = training.train_epoch(epoch, data.train, rng, progress)
             row = EpochMetrics(epoch, training.lr, train_loss, None, None, None)

@@ -45,7 +45,7 @@ def short_run(tmp_path_factory):
     out = tmp / "al.json"
     argv = [
         "--quick", "--generations", str(GENERATIONS), "--budget", str(BUDGET), "--seeds", "0",
-        "--arms", "selfplay", "random-pick", "--jobs", "1", "--threads", "1",
+        "--arms", "selfplay", "random-pick", "test-recipe", "--jobs", "1", "--threads", "1",
         "--set", json.dumps({"training": {"epochs": 5}}),
         "--cache-dir", str(tmp / "cache"), "--workdir", str(tmp / "work"), "--out", str(out),
     ]  # fmt: skip
@@ -74,8 +74,8 @@ def test_writes_strict_json_with_the_schema(short_run):
 def test_both_arms_ran_the_real_loop_with_equal_labels(short_run):
     _, result, _, _, _ = short_run
     arms = {run["arm"]: run for run in result["runs"]}
-    assert set(arms) == {"selfplay", "random-pick"} == set(result["summary"]["arms"])
-    for run in arms.values():
+    assert set(arms) == {"selfplay", "random-pick", "test-recipe"} == set(result["summary"]["arms"])
+    for run in (arms["selfplay"], arms["random-pick"]):
         numbers = [g["number"] for g in run["generations"]]
         assert numbers == list(range(GENERATIONS + 1))  # the generations, then the next one's train stage
         assert [g["labels_total"] for g in run["generations"][:GENERATIONS]] == [
@@ -86,7 +86,7 @@ def test_both_arms_ran_the_real_loop_with_equal_labels(short_run):
         )
         assert all(g["counts"]["explored"] >= BUDGET for g in run["generations"][:GENERATIONS])
     labels = {arm: [m["labels"] for m in run["models"]] for arm, run in arms.items()}
-    assert labels["selfplay"] == labels["random-pick"] == [BUDGET, BUDGET * GENERATIONS]
+    assert labels["selfplay"] == labels["random-pick"] == labels["test-recipe"] == [BUDGET, BUDGET * GENERATIONS]
     assert result["summary"]["labels_equal_across_arms"]
     # generation 1 explored with its model: melt/quench frames next to the random ones
     assert arms["selfplay"]["generations"][1]["explore"]["melt_quench"]["frames"] > 0
@@ -126,6 +126,27 @@ def test_stability_and_label_fraction_are_reported(short_run):
     assert all(math.isfinite(x) for x in finite_numbers(result["summary"]))
 
 
+def test_test_recipe_trains_on_its_own_pool_in_equal_shares(short_run):
+    bench, result, _, tmp, _ = short_run
+    run = next(r for r in result["runs"] if r["arm"] == "test-recipe")
+    assert run["generations"] == [] and run["stability"]["runs"] > 0  # no loop; its final model's MD is judged
+    pool = result["test_recipe_pool_meta"]
+    assert pool["key"] != result["test_set_meta"]["key"]
+    assert result["summary"]["label_fraction"]["test-recipe"]["reference"] == "random-pick"
+    assert "test-recipe" not in result["summary"]["verdict"]  # a reference, not judged against the target
+    profile = bench.get_profile("xtb", quick=True)
+    sets, _ = bench.test_recipe_pool(profile, ["H", "C", "N", "O"], tmp / "cache", BUDGET * GENERATIONS)
+    tests, _ = bench.build_test_sets(profile, ["H", "C", "N", "O"], tmp / "cache")
+    assert set(sets) == set(tests) - {"ood"}
+    seen = {frame.positions.tobytes() for frames in tests.values() for frame in frames}
+    assert not any(frame.positions.tobytes() in seen for frames in sets.values() for frame in frames)
+    order = bench.stratified_order(sets, seed=0)
+    assert len(order) == sum(len(f) for f in sets.values()) >= BUDGET * GENERATIONS
+    first = order[: len(sets) * 2]
+    counts = [sum(any(f is g for g in frames) for f in first) for frames in sets.values()]
+    assert counts == [2] * len(sets)
+
+
 def test_test_sets_are_cached_on_disk(short_run):
     bench, result, _, tmp, _ = short_run
     assert not result["test_set_meta"]["cached"]
@@ -150,7 +171,7 @@ def test_reuse_takes_finished_runs_and_refuses_other_settings(short_run):
     again = tmp / "again.json"
     redo = [a if a != str(out) else str(again) for a in argv] + ["--reuse", str(out)]
     reused = bench.main(redo)
-    assert sorted(reused["settings"]["reused"]["runs"]) == ["random-pick/0", "selfplay/0"]
+    assert sorted(reused["settings"]["reused"]["runs"]) == ["random-pick/0", "selfplay/0", "test-recipe/0"]
     assert [r["models"] for r in reused["runs"]] == [r["models"] for r in result["runs"]]
     other = [a if a != str(BUDGET) else str(BUDGET + 1) for a in redo]
     with pytest.raises(SystemExit, match="budget"):
