@@ -218,7 +218,6 @@ def test_training_without_validation_split_and_with_a_time_budget(emt_train_fram
     assert len(timed.metrics) == 1  # the budget ends training after the first step
 
 
-
 def test_min_steps_raises_the_epochs_of_a_small_training_set(emt_train_frames):
     # 6 frames, no validation split, batch 4: 2 optimizer steps an epoch
     def epochs_run(frames, **settings):
@@ -228,6 +227,7 @@ def test_min_steps_raises_the_epochs_of_a_small_training_set(emt_train_frames):
     assert epochs_run(emt_train_frames[:6]) == 3
     assert epochs_run(emt_train_frames[:6], min_steps=14) == 7
     assert epochs_run(emt_train_frames[:24], min_steps=14) == 3  # 6 steps an epoch: the epochs already reach it
+
 
 @pytest.mark.gpu
 def test_gpu_matches_cpu(trained, emt_test_frames):
