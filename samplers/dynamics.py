@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Protocol
+from typing import Any, Literal, Optional
 
 import numpy as np
 from ase import Atoms, units
@@ -29,10 +29,43 @@ log = logging.getLogger(__name__)
 STOP_REASONS = ("completed", "converged", "uncertain", "unphysical")
 
 
-class MeltQuenchConfig(BaseModel):
-    """Heat from ``t_start`` to ``t_high``, hold, cool to ``t_end`` (linear ramps, K)."""
+class StopRules(BaseModel):
+    """What every sampled run (MD or relaxation) shares: how often it keeps a frame and
+    when it stops. Subclasses say how many steps there are (``total_steps``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    frame_interval: int = Field(10, ge=1, description="a frame every this many steps (and the last one)")
+    hi: float | None = Field(
+        0.5, gt=0, description="stop at the first frame with σ_F >= hi (eV/Å), normally selection's hi; None: never"
+    )
+    min_covalent_ratio: float = Field(0.5, ge=0, lt=2, description="unphysical below this x sum of covalent radii")
+    include_stop_frames: bool = Field(
+        True, description="also yield each run's first bad frame (tagged info['stop']) so selection counts it"
+    )
+
+    @property
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    def volume_limit(self) -> float | None:
+        """Unphysical when the cell volume changes by this factor; None: no volume rule (fixed cell)."""
+        return None
+
+    def is_frame_step(self, step: int) -> bool:
+        return step % self.frame_interval == 0 or step == self.total_steps
+
+    def temperature(self, step: int) -> float | None:
+        """Target temperature (K) at ``step``; None where there is none (a relaxation)."""
+        return None
+
+    def time_fs(self, step: int) -> float | None:
+        """Simulated time (fs) at ``step``; None where there is none (a relaxation)."""
+        return None
+
+
+class MeltQuenchConfig(StopRules):
+    """Heat from ``t_start`` to ``t_high``, hold, cool to ``t_end`` (linear ramps, K)."""
 
     t_start: float = Field(300.0, ge=0, le=20_000, description="initial velocities and start of the heating ramp (K)")
     t_high: float = Field(3000.0, ge=0, le=20_000, description="melt temperature (K)")
@@ -45,18 +78,10 @@ class MeltQuenchConfig(BaseModel):
     ensemble: Literal["nvt", "npt"] = Field("nvt", description="npt: ASE LangevinBAOAB with a hydrostatic barostat")
     pressure_gpa: float = Field(0.0, ge=-50, le=1000, description="npt target pressure (GPa)")
     barostat_tau_fs: float = Field(500.0, gt=0, description="npt cell relaxation time (fs)")
-    frame_interval: int = Field(10, ge=1, description="a frame every this many steps")
-    hi: float | None = Field(
-        0.5, gt=0, description="stop at the first frame with σ_F >= hi (eV/Å), normally selection's hi; None: never"
-    )
-    min_covalent_ratio: float = Field(0.5, ge=0, lt=2, description="unphysical below this x sum of covalent radii")
     max_volume_ratio: float = Field(3.0, gt=1, description="unphysical when the cell volume changes by this factor")
     driver: Literal["auto", "batched", "ase"] = Field(
         "auto",
         description="batched: all trajectories through one model call per step (nvt only); auto picks it for nvt",
-    )
-    include_stop_frames: bool = Field(
-        True, description="also yield each trajectory's first bad frame (tagged info['stop']) so selection counts it"
     )
 
     @model_validator(mode="after")
@@ -85,26 +110,11 @@ class MeltQuenchConfig(BaseModel):
             return self.t_high
         return self.t_high + (self.t_end - self.t_high) * min(step, self.cool_steps) / self.cool_steps
 
-    def is_frame_step(self, step: int) -> bool:
-        return step % self.frame_interval == 0 or step == self.total_steps
-
     def time_fs(self, step: int) -> float:
         return step * self.timestep_fs
 
-
-class Schedule(Protocol):
-    """What :class:`TrajectoryRecorder` reads of a sampler's settings (MD or relaxation)."""
-
-    hi: float | None
-    min_covalent_ratio: float
-    max_volume_ratio: float
-
-    @property
-    def total_steps(self) -> int: ...
-
-    def temperature(self, step: int) -> float | None: ...
-
-    def time_fs(self, step: int) -> float | None: ...
+    def volume_limit(self) -> float:
+        return self.max_volume_ratio
 
 
 def trajectory_rng(seed: int, index: int) -> np.random.Generator:
@@ -161,7 +171,7 @@ class TrajectoryRecorder:
 
     def __init__(
         self,
-        config: Schedule,
+        config: StopRules,
         sampler: str,
         seed: int,
         index: int,
@@ -208,11 +218,12 @@ class TrajectoryRecorder:
     def problem(self, atoms: Atoms) -> str | None:
         """Why the geometry is unphysical, or None."""
         problem = geometry_problem(atoms, self.config.min_covalent_ratio, max_volume_per_atom=None)
-        if problem is None and self.initial_volume:
+        limit = self.config.volume_limit()
+        if problem is None and self.initial_volume and limit is not None:
             volume = abs(float(np.linalg.det(atoms.cell.array)))
             ratio = volume / self.initial_volume
-            if not (1.0 / self.config.max_volume_ratio <= ratio <= self.config.max_volume_ratio):
-                problem = f"cell volume changed by a factor {ratio:.2f} (limit {self.config.max_volume_ratio})"
+            if not (1.0 / limit <= ratio <= limit):
+                problem = f"cell volume changed by a factor {ratio:.2f} (limit {limit})"
         return problem
 
     def observe(self, step: int, atoms: Atoms, result: dict | None, kinetic: float | None) -> bool:

@@ -26,10 +26,17 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from pipeline.atoms import check_atoms
-from samplers.dynamics import Trajectory, TrajectoryRecorder, evaluate_or_stop, stop_summary, trajectory_frames
+from samplers.dynamics import (
+    StopRules,
+    Trajectory,
+    TrajectoryRecorder,
+    evaluate_or_stop,
+    stop_summary,
+    trajectory_frames,
+)
 from samplers.frames import clean_copy, parent_hash
 from samplers.model import as_evaluator, evaluate_options
 
@@ -38,38 +45,18 @@ log = logging.getLogger(__name__)
 SAMPLER = "relax"
 
 
-class RelaxConfig(BaseModel):
+class RelaxConfig(StopRules):
     """FIRE relaxation of the positions with the model's mean forces."""
-
-    model_config = ConfigDict(extra="forbid")
 
     fmax: float = Field(0.05, gt=0, description="converged when the largest atomic force is below this (eV/Å)")
     max_steps: int = Field(200, ge=1, le=100_000, description="FIRE steps at most")
-    frame_interval: int = Field(10, ge=1, description="a frame every this many steps (and the last one)")
     max_step: float = Field(0.2, gt=0, le=2.0, description="largest displacement of one atom in one step (Å)")
     dt_start: float = Field(0.1, gt=0, description="FIRE's initial time step (ASE units, unit masses)")
     dt_max: float = Field(1.0, gt=0, description="FIRE's largest time step")
-    hi: float | None = Field(
-        0.5, gt=0, description="stop at the first frame with σ_F >= hi (eV/Å), normally selection's hi; None: never"
-    )
-    min_covalent_ratio: float = Field(0.5, ge=0, lt=2, description="unphysical below this x sum of covalent radii")
-    max_volume_ratio: float = Field(3.0, gt=1, description="unused (fixed cell); kept for the shared stop rules")
-    include_stop_frames: bool = Field(
-        True, description="also yield each relaxation's first bad frame (tagged info['stop']) so selection counts it"
-    )
 
     @property
     def total_steps(self) -> int:
         return self.max_steps
-
-    def temperature(self, step: int) -> None:
-        return None
-
-    def time_fs(self, step: int) -> None:
-        return None
-
-    def is_frame_step(self, step: int) -> bool:
-        return step % self.frame_interval == 0 or step == self.max_steps
 
 
 # FIRE's constants from the paper (N_min, f_inc, f_dec, α_start, f_α).
