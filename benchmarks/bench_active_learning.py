@@ -41,14 +41,16 @@ temperature stays below 3 T + 2000 K and the potential energy per atom stays wit
 ``max_drift`` of its start. The oracle runs the same protocol (same starts, same random
 streams) as the reference.
 
-    python benchmarks/bench_active_learning.py --labeller ase        # EMT alloys, 3 arms x 3 seeds, ~35 min on 2 cores
+    python benchmarks/bench_active_learning.py --labeller ase        # EMT alloys, 3 arms + test-recipe x 3 seeds, ~35 min on 2 cores
     python benchmarks/bench_active_learning.py                       # xtb (GFN2-xTB clusters), the same
     python benchmarks/bench_active_learning.py --quick --out /tmp/al.json   # a smoke run (~1 min)
     python benchmarks/bench_active_learning.py --labeller ase --reuse benchmarks/results/active_learning.json \
         --arms selfplay random-pick MYVARIANT --variant 'MYVARIANT={"selection": {"lo": 0.05}}'   # one more arm
 
-Training is a fixed number of epochs per generation (warm start), not a time budget, so
-that the same labels give the same model whatever else runs on the machine. PySCF labels
+Training is a fixed number of epochs per generation (warm start; with EMT also at least
+``training.min_steps`` optimizer steps, so that the first generations' few frames are
+learned), not a time budget, so that the same labels give the same model whatever else
+runs on the machine. PySCF labels
 are not offered: their oracle MD would take hours on 2 cores.
 
 Outputs: ``--out`` (JSON: every number, hardware, versions, configurations, seeds, timings),
@@ -128,7 +130,9 @@ elements: [Cu, Ag, Au, Ni, Pd, Pt, Al]
 seed: 0
 model: {scalar_channels: 32, vector_channels: 8, tensor_channels: 4, layers: 2, cutoff: 4.5,
         radial_hidden: 16, readout_hidden: 16}
-training: {ensemble_size: 2, epochs: 25, batch_size: 8, patience: 15, progress: false}
+# min_steps: early generations (20-60 frames) train 500 optimizer steps at least, not 25
+# epochs of 3-8 steps; see benchmarks/results/active_learning.steps.md
+training: {ensemble_size: 2, epochs: 25, min_steps: 500, batch_size: 8, patience: 15, progress: false}
 explore:
   random:
     count: 32
@@ -1125,6 +1129,7 @@ def write_markdown(path: Path, result: dict) -> None:
         f"{env['cpu'].get('Model name', '?')} ({env['cores']} cores, {settings['jobs']} runs at a time, "
         f"{settings['threads']} torch thread each; load average at start {env['load_average_start'][0]:.1f}).",
         f"Command: `{' '.join(result['command'])}`",
+        *_reuse_line(result),
         "",
         _settings_paragraph(result),
         "",
@@ -1230,6 +1235,18 @@ def write_markdown(path: Path, result: dict) -> None:
     path.write_text("\n".join(lines) + (kept if kept else "\n"))
 
 
+def _reuse_line(result: dict) -> list[str]:
+    """Where reused runs came from: the wall time above is only this invocation's."""
+    reused = (result["settings"].get("reused") or {}).get("runs") or []
+    if not reused:
+        return []
+    seconds = sum(result["timings"]["run_seconds"].get(name, 0.0) for name in reused)
+    return [
+        f"{len(reused)} of {len(result['runs'])} runs were taken from `{result['settings']['reused']['file']}` "
+        f"(`--reuse`); their own run times add up to {seconds / 60:.0f} min."
+    ]
+
+
 def _arm_title(arm: str) -> str:
     return f"{arm} (reference, no loop)" if arm in REFERENCE_ARMS else arm
 
@@ -1245,6 +1262,7 @@ def _settings_paragraph(result: dict) -> str:
         f"Scaled to the machine: a {training.get('ensemble_size')}-member ensemble of {model.get('layers')}-layer models "
         f"({model.get('scalar_channels')} scalar channels, cutoff {model.get('cutoff')} Å), trained "
         + (f"{training.get('max_seconds')} s" if training.get("max_seconds") else f"{training.get('epochs')} epochs")
+        + (f" (at least {training['min_steps']} optimizer steps)" if training.get("min_steps") else "")
         + " per generation (warm start from the previous model, one torch thread per run); selfplay's selection strategy "
         f"{config.get('selection', {}).get('strategy')}; "
         f"{melt.get('trajectories')} melt/quench trajectories of {sum(melt.get('params', {}).get(k, 0) for k in ('heat_steps', 'hold_steps', 'cool_steps'))} "
