@@ -88,8 +88,8 @@ log = logging.getLogger("bench_active_learning")
 
 ARMS = ("selfplay", "random-pick", "no-self-play")
 #: Not a loop: the same model and training on labels drawn at random from the test sets' own
-#: recipe (oracle MD and random structures, other seeds). It is the data a loop would have to
-#: beat, so it bounds how few labels any exploration and selection can hope to need.
+#: recipe (oracle MD and random structures, other seeds). A loop that needs far fewer labels
+#: than this arm picks better than the very distribution it is tested on.
 REFERENCE_ARMS = ("test-recipe",)
 #: Seed of the test-recipe arm's pool (the test sets use the profile's ``test.seed``).
 TEST_RECIPE_SEED = 800_000
@@ -131,7 +131,7 @@ seed: 0
 model: {scalar_channels: 32, vector_channels: 8, tensor_channels: 4, layers: 2, cutoff: 4.5,
         radial_hidden: 16, readout_hidden: 16}
 # min_steps: early generations (20-60 frames) train 500 optimizer steps at least, not 25
-# epochs of 3-8 steps; see benchmarks/results/active_learning.steps.md
+# epochs of 3-8 steps; see benchmarks/results/active_learning.md, notes, section 4
 training: {ensemble_size: 2, epochs: 25, min_steps: 500, batch_size: 8, patience: 15, progress: false}
 explore:
   random:
@@ -1589,18 +1589,22 @@ def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
     """Runs of the wanted arms and seeds from ``--reuse``, when its settings match this run's."""
     if args.reuse is None:
         return {}
+    import yaml
+
     earlier = json.loads(Path(args.reuse).read_text())
+    # the configuration the arms ran with, however it was spelt (in the profile or by --set)
     mine = {
         "labeller": args.labeller,
         "generations": args.generations,
         "budget": args.budget,
         "quick": args.quick,
-        "common_overrides": args.common_overrides,
-        "config": get_profile(args.labeller, args.quick).config_yaml,
+        "config": deep_merge(yaml.safe_load(get_profile(args.labeller, args.quick).config_yaml), args.common_overrides),
     }
     theirs = {
         "labeller": earlier["profile"]["name"],
-        "config": earlier["profile"]["config_yaml"],
+        "config": deep_merge(
+            yaml.safe_load(earlier["profile"]["config_yaml"]), earlier["settings"].get("common_overrides") or {}
+        ),
         **{k: earlier["settings"].get(k) for k in mine if k not in ("labeller", "config")},
     }
     if mine != theirs:
