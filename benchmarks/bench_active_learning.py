@@ -1022,7 +1022,28 @@ def stability_summary(runs: list[dict], arm: str) -> dict:
     }
 
 
+def add_md_mean(runs: list[dict]) -> None:
+    """Give every model's errors an ``md`` entry: the mean over the MD test sets (each counts
+    once, as in ``in_domain``), where it has none; what simulations will meet, without the
+    random structures."""
+    for run in runs:
+        for model in run["models"]:
+            errors = model["errors"]
+            chosen = [errors[name] for name in sorted(errors) if name.startswith("md_")]
+            if chosen and "md" not in errors:
+                errors["md"] = {
+                    "frames": int(sum(c["frames"] for c in chosen)),
+                    "sets": [name for name in sorted(errors) if name.startswith("md_")],
+                    **{
+                        k: float(np.mean([c[k] for c in chosen]))
+                        for k in ("energy_mae_per_atom", "force_mae", "force_rmse")
+                    },
+                }
+
+
 def summarize(runs: list[dict], arms: list[str], sets: list[str], oracle: dict) -> dict:
+    add_md_mean(runs)
+    sets = [*sets, "md"] if any("md" in m["errors"] for r in runs for m in r["models"]) else sets
     summary: dict[str, Any] = {"arms": {}}
     for arm in arms:
         summary["arms"][arm] = {
@@ -1044,6 +1065,10 @@ def summarize(runs: list[dict], arms: list[str], sets: list[str], oracle: dict) 
     }
     if "no-self-play" in arms and reference in arms:
         summary["label_fraction"]["no-self-play"] = label_fraction(runs, "no-self-play", reference)
+    if "md" in sets:
+        summary["label_fraction_md"] = {
+            arm: label_fraction(runs, arm, reference, test_set="md") for arm in summary["label_fraction"]
+        }
     verdicts = {}
     for arm, fraction in summary["label_fraction"].items():
         if not fraction or arm == "no-self-play" or arm in REFERENCE_ARMS:
@@ -1170,6 +1195,7 @@ def write_markdown(path: Path, result: dict) -> None:
                 if frac["per_seed_fraction_mean"] is not None
                 else ""
             )
+            + _md_fraction_text(s, arm)
             + "."
         )
     if any(arm in REFERENCE_ARMS for arm in s["arms"]):
@@ -1235,6 +1261,14 @@ def write_markdown(path: Path, result: dict) -> None:
     path.write_text("\n".join(lines) + (kept if kept else "\n"))
 
 
+def _md_fraction_text(summary: dict, arm: str) -> str:
+    frac = (summary.get("label_fraction_md") or {}).get(arm) or {}
+    if not frac:
+        return ""
+    share = "never reached" if frac["fraction"] is None else f"{frac['fraction']:.0%}"
+    return f"; on the MD test sets alone (their mean, {frac['target_force_mae']:.3f} eV/Å): {share}"
+
+
 def _reuse_line(result: dict) -> list[str]:
     """Where reused runs came from: the wall time above is only this invocation's."""
     reused = (result["settings"].get("reused") or {}).get("runs") or []
@@ -1277,6 +1311,11 @@ def _settings_paragraph(result: dict) -> str:
 def render(json_path: Path) -> dict:
     """Write the .png and .md of an existing result JSON again (the .md's kept part stays)."""
     result = json.loads(Path(json_path).read_text())
+    # the summary again from the runs, so that an older result gains what summaries have since
+    settings = result["settings"]
+    sets = list(result["test_sets"]) + ["in_domain"]
+    result["summary"] = summarize(result["runs"], settings["arms"], sets, result["oracle_stability"])
+    Path(json_path).write_text(json.dumps(strict_json(result), indent=1, allow_nan=False))
     result["plot_problem"] = write_plot(Path(json_path).with_suffix(".png"), result)
     write_markdown(Path(json_path).with_suffix(".md"), result)
     return result

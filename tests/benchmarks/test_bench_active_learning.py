@@ -94,7 +94,7 @@ def test_both_arms_ran_the_real_loop_with_equal_labels(short_run):
 
 def test_errors_are_finite_for_every_model_and_test_set(short_run):
     _, result, _, _, _ = short_run
-    names = set(result["test_sets"]) | {"in_domain"}
+    names = set(result["test_sets"]) | {"in_domain", "md"}
     assert {"random", "ood"} <= names and any(n.startswith("md_") for n in names)
     for run in result["runs"]:
         for model in run["models"]:
@@ -118,6 +118,12 @@ def test_stability_and_label_fraction_are_reported(short_run):
         stability = run["stability"]
         assert stability["runs"] == runs and 0 <= stability["stable"] <= runs
         assert all(d["reason"] for d in stability["details"])
+    md_sets = sorted(n for n in result["test_sets"] if n.startswith("md_"))
+    for model in result["runs"][0]["models"]:
+        errors = model["errors"]
+        assert errors["md"]["sets"] == md_sets
+        assert errors["md"]["force_mae"] == pytest.approx(sum(errors[n]["force_mae"] for n in md_sets) / len(md_sets))
+    assert result["summary"]["label_fraction_md"]["selfplay"]["test_set"] == "md"
     fraction = result["summary"]["label_fraction"]["selfplay"]
     assert fraction["reference"] == "random-pick" and fraction["reference_labels"] == BUDGET * GENERATIONS
     assert fraction["fraction"] is None or 0 < fraction["fraction"] <= 1
@@ -157,6 +163,21 @@ def test_test_sets_are_cached_on_disk(short_run):
         name: d["frames"] for name, d in result["test_sets"].items()
     }
     assert sorted(p.suffix for p in Path(meta["folder"]).iterdir()) == [".extxyz"] * len(sets) + [".json"]
+
+
+def test_render_summarizes_the_runs_again(short_run):
+    bench, result, out, tmp, _ = short_run
+    older = json.loads(out.read_text())
+    for run in older["runs"]:  # a result from before the MD-sets mean existed
+        for model in run["models"]:
+            del model["errors"]["md"]
+    del older["summary"]["label_fraction_md"]
+    path = tmp / "older.json"
+    path.write_text(json.dumps(older))
+    rendered = bench.render(path)
+    assert rendered["summary"]["label_fraction_md"] == result["summary"]["label_fraction_md"]
+    assert json.loads(path.read_text())["summary"] == json.loads(out.read_text())["summary"]
+    assert "on the MD test sets alone" in path.with_suffix(".md").read_text()
 
 
 def test_labels_to_reach_interpolates_on_the_curve():
