@@ -695,14 +695,23 @@ def score_model(model, sets: dict[str, list], in_domain: list[str]) -> dict:
         energy = [abs(float(p["energy"]) - a.get_potential_energy()) / len(a) for a, p in zip(frames, predictions)]
         force = [np.abs(np.asarray(p["forces"]) - a.get_forces()).ravel() for a, p in zip(frames, predictions)]
         out[name] = _stats(energy, force)
-    chosen = [out[n] for n in in_domain if n in out]
-    if chosen:
-        out["in_domain"] = {
-            "frames": int(sum(c["frames"] for c in chosen)),
-            "sets": [n for n in in_domain if n in out],
-            **{k: float(np.mean([c[k] for c in chosen])) for k in ("energy_mae_per_atom", "force_mae", "force_rmse")},
-        }
+    mean = mean_of_sets(out, in_domain)
+    if mean:
+        out["in_domain"] = mean
     return out
+
+
+def mean_of_sets(errors: dict, names: list[str]) -> Optional[dict]:
+    """The plain mean of the errors of the sets ``names`` that ``errors`` has (None if none)."""
+    present = [n for n in names if n in errors]
+    if not present:
+        return None
+    chosen = [errors[n] for n in present]
+    return {
+        "frames": int(sum(c["frames"] for c in chosen)),
+        "sets": present,
+        **{k: float(np.mean([c[k] for c in chosen])) for k in ("energy_mae_per_atom", "force_mae", "force_rmse")},
+    }
 
 
 def _stats(energy: list[float], force: list[np.ndarray]) -> dict:
@@ -1029,16 +1038,9 @@ def add_md_mean(runs: list[dict]) -> None:
     for run in runs:
         for model in run["models"]:
             errors = model["errors"]
-            chosen = [errors[name] for name in sorted(errors) if name.startswith("md_")]
-            if chosen and "md" not in errors:
-                errors["md"] = {
-                    "frames": int(sum(c["frames"] for c in chosen)),
-                    "sets": [name for name in sorted(errors) if name.startswith("md_")],
-                    **{
-                        k: float(np.mean([c[k] for c in chosen]))
-                        for k in ("energy_mae_per_atom", "force_mae", "force_rmse")
-                    },
-                }
+            mean = mean_of_sets(errors, sorted(n for n in errors if n.startswith("md_")))
+            if mean and "md" not in errors:
+                errors["md"] = mean
 
 
 def summarize(runs: list[dict], arms: list[str], sets: list[str], oracle: dict) -> dict:
