@@ -162,3 +162,27 @@ def test_representative_spends_the_cap_where_the_frames_are():
     blob_picks = [i for i in representative.selected if i not in outliers]
     assert all(sigma[i] >= np.quantile(sigma[:40], 0.5) for i in blob_picks)
     assert len(representative.selected) == 4 == len(set(representative.selected))
+
+
+def test_representative_with_more_clusters_than_picks_takes_the_most_uncertain_regions():
+    # Three equally populous, well-separated regions; the model knows two of them (σ near lo)
+    # and not the third. One cluster per pick spreads the picks over all three; three
+    # clusters per pick spend them where the summed uncertainty is.
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    descriptors = np.concatenate([rng.normal(c, 0.5, (30, 2)) for c in centres])
+    sigma = np.concatenate([rng.uniform(0.06, 0.07, 30), rng.uniform(0.06, 0.07, 30), rng.uniform(0.3, 0.4, 30)])
+    n = len(sigma)
+    elements, hashes = [["Cu"]] * n, [f"h{i}" for i in range(n)]
+    config = SelectionConfig(strategy="representative", max_selected=6, lo=0.05, hi=0.5)
+    spread = select_arrays(sigma, elements, hashes, descriptors, config, seed=1)
+    focused = select_arrays(
+        sigma, elements, hashes, descriptors, config.model_copy(update={"clusters_per_pick": 3}), seed=1
+    )
+    uncertain = set(range(60, 90))
+    assert len(spread.selected) == len(focused.selected) == 6
+    assert sum(i in uncertain for i in spread.selected) <= 3  # the known regions still get picks
+    # (a populous known cluster can still outweigh an uncertain one of a single frame)
+    assert sum(i in uncertain for i in focused.selected) >= 5
+    # a dropped frame says how many clusters there were
+    assert any("18 clusters" in (d.detail or "") for d in focused.decisions if d.reason == "over-cap")
