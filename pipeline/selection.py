@@ -96,6 +96,11 @@ class SelectionConfig(BaseModel):
         description="representative: k-means into this many clusters per pick, and the picks go to the clusters "
         "with the largest summed uncertainty (1: one cluster per pick, each gets one)",
     )
+    cluster_pick: Literal["most-uncertain", "central"] = Field(
+        "most-uncertain",
+        description="representative: which frame of a cluster is picked, the most uncertain or the one "
+        "nearest the cluster's centre (uncertainty then only ranks clusters when clusters_per_pick > 1)",
+    )
     per_element_balance: bool = Field(
         True, description="share the cap round-robin over elements, rarest first, so rare chemistries get picks"
     )
@@ -731,6 +736,7 @@ def _pick_representative(
     cap: int,
     seed: int,
     clusters_per_pick: int = 1,
+    cluster_pick: str = "most-uncertain",
 ) -> list[int]:
     """k-means of the eligible frames into ``clusters_per_pick × cap`` clusters; the most
     uncertain frame of each of the ``cap`` clusters with the largest summed uncertainty."""
@@ -748,8 +754,14 @@ def _pick_representative(
     selected = []
     for c in clusters:
         members = np.flatnonzero(labels == c)
-        if members.size:
-            selected.append(eligible[int(members[np.argmax(score[members])])])
+        if not members.size:
+            continue
+        if cluster_pick == "central":
+            centre = x[members].mean(0)
+            best = members[np.argmin(((x[members] - centre) ** 2).sum(1))]
+        else:
+            best = members[np.argmax(score[members])]
+        selected.append(eligible[int(best)])
     finite = _finite_priority(np.asarray(priority, dtype=np.float64))
     selected.sort(key=lambda i: (-finite[i], i))
     for i in selected:
@@ -888,7 +900,14 @@ def select_arrays(
             selected = _pick_weighted(eligible, priority, decisions, config.max_selected, seed)
         elif config.strategy == "representative":
             selected = _pick_representative(
-                eligible, priority, descriptors, decisions, config.max_selected, seed, config.clusters_per_pick
+                eligible,
+                priority,
+                descriptors,
+                decisions,
+                config.max_selected,
+                seed,
+                config.clusters_per_pick,
+                config.cluster_pick,
             )
         else:
             selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)

@@ -186,3 +186,19 @@ def test_representative_with_more_clusters_than_picks_takes_the_most_uncertain_r
     assert sum(i in uncertain for i in focused.selected) >= 5
     # a dropped frame says how many clusters there were
     assert any("18 clusters" in (d.detail or "") for d in focused.decisions if d.reason == "over-cap")
+
+
+def test_representative_central_picks_the_frame_nearest_each_centre():
+    # One tight cluster per pick; in each, the most uncertain frame sits at the edge.
+    offsets = np.array([[0.0, 0.0], [0.3, 0.0], [-0.3, 0.0], [0.0, 0.3], [0.0, -0.3]])
+    descriptors = np.concatenate([offsets + c for c in ([0.0, 0.0], [20.0, 0.0])])
+    sigma = np.array([0.1, 0.4, 0.1, 0.1, 0.1] * 2)
+    n = len(sigma)
+    elements, hashes = [["Cu"]] * n, [f"h{i}" for i in range(n)]
+    config = SelectionConfig(strategy="representative", max_selected=2, lo=0.05, hi=0.5)
+    uncertain = select_arrays(sigma, elements, hashes, descriptors, config, seed=0)
+    central = select_arrays(
+        sigma, elements, hashes, descriptors, config.model_copy(update={"cluster_pick": "central"}), seed=0
+    )
+    assert sorted(uncertain.selected) == [1, 6]
+    assert sorted(central.selected) == [0, 5]
