@@ -35,11 +35,7 @@ weigh uncertainty by how representative a frame is, instead of pushing picks apa
 picks follow where the explored frames are, tilted towards the uncertain ones), and
 ``representative`` clusters the eligible frames by k-means on the descriptors into
 ``max_selected`` clusters and takes the most uncertain frame of each (dense regions get
-more clusters; a lone outlier gets at most one pick). With ``clusters_per_pick`` k > 1 it
-makes k × ``max_selected`` clusters and keeps the ``max_selected`` of them with the most
-uncertainty in all (the sum of their frames' scores: how many frames a cluster holds
-times how uncertain they are), so that a region the model already knows well gives its
-pick to one that is both populous and uncertain.
+more clusters; a lone outlier gets at most one pick).
 
 All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
 :class:`FrameDecision` per input frame and the per-element ledger.
@@ -90,17 +86,6 @@ class SelectionConfig(BaseModel):
     lo: float = Field(0.05, gt=0, description="below: accurate (eV/Å)")
     hi: float = Field(0.5, gt=0, description="at or above: failed (eV/Å)")
     max_selected: int = Field(100, ge=0, description="per-generation cap on candidates sent to labelling")
-    clusters_per_pick: int = Field(
-        1,
-        ge=1,
-        description="representative: k-means into this many clusters per pick, and the picks go to the clusters "
-        "with the largest summed uncertainty (1: one cluster per pick, each gets one)",
-    )
-    cluster_pick: Literal["most-uncertain", "central"] = Field(
-        "most-uncertain",
-        description="representative: which frame of a cluster is picked, the most uncertain or the one "
-        "nearest the cluster's centre (uncertainty then only ranks clusters when clusters_per_pick > 1)",
-    )
     per_element_balance: bool = Field(
         True, description="share the cap round-robin over elements, rarest first, so rare chemistries get picks"
     )
@@ -735,33 +720,21 @@ def _pick_representative(
     decisions: list[FrameDecision],
     cap: int,
     seed: int,
-    clusters_per_pick: int = 1,
-    cluster_pick: str = "most-uncertain",
 ) -> list[int]:
-    """k-means of the eligible frames into ``clusters_per_pick × cap`` clusters; the most
-    uncertain frame of each of the ``cap`` clusters with the largest summed uncertainty."""
+    """k-means of the eligible frames into ``cap`` clusters; the most uncertain frame of each."""
     if not eligible or cap <= 0:
         return []
-    k = min(cap * clusters_per_pick, len(eligible))
+    k = min(cap, len(eligible))
     x = np.asarray(descriptors, dtype=np.float64)[eligible]
     scale = x.std(0)
     x = (x - x.mean(0)) / np.where(scale > 0, scale, 1.0)
     labels = kmeans_labels(x, k, seed) if k < len(eligible) else np.arange(len(eligible))
     score = _finite_priority(np.asarray(priority, dtype=np.float64)[eligible])
-    mass = np.bincount(labels, weights=score, minlength=k)
-    # Ties (e.g. generation 0, every frame unscored) go to the lower cluster index: stable.
-    clusters = np.argsort(-mass, kind="stable")[:cap]
     selected = []
-    for c in clusters:
+    for c in range(k):
         members = np.flatnonzero(labels == c)
-        if not members.size:
-            continue
-        if cluster_pick == "central":
-            centre = x[members].mean(0)
-            best = members[np.argmin(((x[members] - centre) ** 2).sum(1))]
-        else:
-            best = members[np.argmax(score[members])]
-        selected.append(eligible[int(best)])
+        if members.size:
+            selected.append(eligible[int(members[np.argmax(score[members])])])
     finite = _finite_priority(np.asarray(priority, dtype=np.float64))
     selected.sort(key=lambda i: (-finite[i], i))
     for i in selected:
@@ -769,7 +742,7 @@ def _pick_representative(
     picked = set(selected)
     for i in eligible:
         if i not in picked:
-            _drop(decisions[i], "over-cap", f"cap of {cap} reached (one pick per cluster, {k} clusters)")
+            _drop(decisions[i], "over-cap", f"cap of {cap} reached (one pick per cluster)")
     return selected
 
 
@@ -899,16 +872,7 @@ def select_arrays(
         if config.strategy == "weighted":
             selected = _pick_weighted(eligible, priority, decisions, config.max_selected, seed)
         elif config.strategy == "representative":
-            selected = _pick_representative(
-                eligible,
-                priority,
-                descriptors,
-                decisions,
-                config.max_selected,
-                seed,
-                config.clusters_per_pick,
-                config.cluster_pick,
-            )
+            selected = _pick_representative(eligible, priority, descriptors, decisions, config.max_selected, seed)
         else:
             selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)
     sentinels = _pick_sentinels(decisions, problems, known, duplicate_of, config.sentinel_count, seed)
