@@ -41,8 +41,9 @@ class TrainConfig(BaseModel):
     min_steps: int | None = Field(
         None,
         ge=1,
-        description="optimizer steps at least: on a small training set the epochs are raised to reach them "
-        "(an early generation of a few dozen frames is otherwise stopped long before it has learned them)",
+        description="optimizer steps at least: on a small training set the epochs are raised to reach them, "
+        "and early stopping waits until they are done (an early generation of a few dozen frames, validated "
+        "on one or two, is otherwise stopped long before it has learned them)",
     )
     batch_size: int = Field(4, ge=1, description="structures per mini-batch")
     learning_rate: float = Field(3e-3, gt=0)

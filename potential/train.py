@@ -454,13 +454,15 @@ class _Training:
         return loss_value
 
     def keep_if_best(self, monitored: float, epoch: int) -> bool:
-        """Remember the EMA weights of an improved epoch; True once patience is used up."""
+        """Remember the EMA weights of an improved epoch; True once patience is used up
+        (never before ``min_steps`` optimizer steps: the validation set of an early
+        generation is a frame or two, whose loss stalls long before the model has learned)."""
         if monitored < self.best_loss:
             self.best_loss, self.best_epoch, self.stale = monitored, epoch, 0
             self.best_state = {n: t.detach().clone() for n, t in self.ema.state_dict().items()}
             return False
         self.stale += 1
-        return self.stale >= self.cfg.patience
+        return self.stale >= self.cfg.patience and self.step >= (self.cfg.min_steps or 0)
 
     def best_ensemble(self) -> EnsemblePotential:
         """The EMA ensemble with the weights of the best epoch, trainable again, in eval mode."""
