@@ -454,15 +454,22 @@ class _Training:
         return loss_value
 
     def keep_if_best(self, monitored: float, epoch: int) -> bool:
-        """Remember the EMA weights of an improved epoch; True once patience is used up
-        (never before ``min_steps`` optimizer steps: the validation set of an early
-        generation is a frame or two, whose loss stalls long before the model has learned)."""
+        """Remember the EMA weights of an improved epoch; True once patience is used up.
+
+        Until ``min_steps`` optimizer steps are done every epoch counts as the best and
+        nothing stops: the validation set of an early generation is a frame or two, whose
+        loss can stall, or rise, long before the model has learned its training frames, and
+        the weights of epoch 3 are no model."""
+        if self.step <= (self.cfg.min_steps or 0):  # the epoch that completes them is the first candidate
+            self.best_loss, self.best_epoch, self.stale = monitored, epoch, 0
+            self.best_state = {n: t.detach().clone() for n, t in self.ema.state_dict().items()}
+            return False
         if monitored < self.best_loss:
             self.best_loss, self.best_epoch, self.stale = monitored, epoch, 0
             self.best_state = {n: t.detach().clone() for n, t in self.ema.state_dict().items()}
             return False
         self.stale += 1
-        return self.stale >= self.cfg.patience and self.step >= (self.cfg.min_steps or 0)
+        return self.stale >= self.cfg.patience
 
     def best_ensemble(self) -> EnsemblePotential:
         """The EMA ensemble with the weights of the best epoch, trainable again, in eval mode."""

@@ -229,16 +229,22 @@ def test_min_steps_raises_the_epochs_of_a_small_training_set(emt_train_frames):
     assert epochs_run(emt_train_frames[:24], min_steps=14) == 3  # 6 steps an epoch: the epochs already reach it
 
 
-def test_early_stopping_waits_for_min_steps(emt_train_frames):
+def test_early_stopping_and_the_best_epoch_wait_for_min_steps(emt_train_frames):
     # 8 frames, 2 of them validation, batch 4: 2 optimizer steps an epoch; patience 1 stops
     # at the first epoch whose validation loss does not improve, but not before 40 steps
-    def epochs_run(**settings):
+    def run(**settings):
         config = TrainConfig(val_fraction=0.25, batch_size=4, patience=1, ensemble_size=1, progress=False, **settings)
-        return len(train_ensemble(emt_train_frames[:8], config, model_config=small_config(), device="cpu").metrics)
+        return train_ensemble(emt_train_frames[:8], config, model_config=small_config(), device="cpu")
+
+    def epochs_run(**settings):
+        return len(run(**settings).metrics)
 
     assert epochs_run(epochs=60) < 20  # without min_steps patience stops it before 40 steps
     assert epochs_run(epochs=1, min_steps=40) == 20
     assert 20 <= epochs_run(epochs=60, min_steps=40) < 60  # after the 40 steps patience stops it again
+    # the weights kept have trained the 40 steps at least: the best epoch is not an earlier one
+    assert run(epochs=1, min_steps=40).summary()["best_epoch"] == 20
+    assert run(epochs=60, min_steps=40).summary()["best_epoch"] >= 20
 
 
 @pytest.mark.gpu
