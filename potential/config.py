@@ -42,8 +42,9 @@ class TrainConfig(BaseModel):
         None,
         ge=1,
         description="optimizer steps at least: on a small training set the epochs are raised to reach them, "
-        "and early stopping waits until they are done (an early generation of a few dozen frames, validated "
-        "on one or two, is otherwise stopped long before it has learned them)",
+        "and neither early stopping nor the choice of the best epoch starts before they are done (an early "
+        "generation of a few dozen frames, validated on one or two, is otherwise stopped, or kept, long "
+        "before it has learned them)",
     )
     batch_size: int = Field(4, ge=1, description="structures per mini-batch")
     learning_rate: float = Field(3e-3, gt=0)
