@@ -460,7 +460,7 @@ class _Training:
         nothing stops: the validation set of an early generation is a frame or two, whose
         loss can stall, or rise, long before the model has learned its training frames, and
         the weights of epoch 3 are no model."""
-        # (<=: the epoch that completes min_steps is the first real candidate)
+        # (<=: an epoch ending exactly at min_steps still counts; the first one compared ends after it)
         if self.step <= (self.cfg.min_steps or 0) or monitored < self.best_loss:
             self.best_loss, self.best_epoch, self.stale = monitored, epoch, 0
             self.best_state = {n: t.detach().clone() for n, t in self.ema.state_dict().items()}
