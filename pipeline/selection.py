@@ -35,7 +35,9 @@ weigh uncertainty by how representative a frame is, instead of pushing picks apa
 picks follow where the explored frames are, tilted towards the uncertain ones), and
 ``representative`` clusters the eligible frames by k-means on the descriptors into
 ``max_selected`` clusters and takes the most uncertain frame of each (dense regions get
-more clusters; a lone outlier gets at most one pick).
+more clusters; a lone outlier gets at most one pick); with ``per_element_balance`` it
+first fills every element's even share of the cap (:func:`element_floor`), rarest
+element first, from k-means clusters of that element's frames.
 
 All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
 :class:`FrameDecision` per input frame and the per-element ledger.
@@ -87,7 +89,9 @@ class SelectionConfig(BaseModel):
     hi: float = Field(0.5, gt=0, description="at or above: failed (eV/Å)")
     max_selected: int = Field(100, ge=0, description="per-generation cap on candidates sent to labelling")
     per_element_balance: bool = Field(
-        True, description="share the cap round-robin over elements, rarest first, so rare chemistries get picks"
+        True,
+        description="rare chemistries get picks: uncertainty shares the cap round-robin over elements, rarest "
+        "first; representative gives every element an even share of the cap first (element_floor)",
     )
     adaptive: bool = Field(False, description="derive lo/hi from quantiles of recent σ_F history")
     calibrated: bool = Field(
@@ -713,36 +717,90 @@ def _kmeans_once(x: np.ndarray, k: int, rng: np.random.Generator, iterations: in
     return labels, float(((x - centres[labels]) ** 2).sum())
 
 
+def _standardised(x: np.ndarray) -> np.ndarray:
+    scale = x.std(0)
+    return (x - x.mean(0)) / np.where(scale > 0, scale, 1.0)
+
+
+def _most_uncertain_per_cluster(rows: np.ndarray, x: np.ndarray, score: np.ndarray, k: int, seed: int) -> list[int]:
+    """k-means of ``x[rows]`` into ``k`` clusters; the highest-``score`` row of each (all rows if k >= their number)."""
+    if k >= len(rows):
+        return [int(r) for r in rows]
+    labels = kmeans_labels(x[rows], k, seed)
+    return [
+        int(rows[members[np.argmax(score[rows][members])]])
+        for c in range(k)
+        if (members := np.flatnonzero(labels == c)).size
+    ]
+
+
+def element_floor(element_sets: Sequence[Sequence[str]], cap: int) -> int:
+    """Picks each element should appear in when ``cap`` picks are shared evenly over the
+    elements of ``element_sets``: cap × (mean elements per frame) / (number of elements),
+    rounded down; what a uniform share of the cap gives every element."""
+    elements = {e for s in element_sets for e in s}
+    if not elements:
+        return 0
+    mean_size = float(np.mean([len(set(s)) for s in element_sets]))
+    return int(cap * mean_size / len(elements))
+
+
 def _pick_representative(
     eligible: list[int],
     priority: np.ndarray,
     descriptors: np.ndarray,
+    element_sets: list[list[str]],
     decisions: list[FrameDecision],
     cap: int,
     seed: int,
+    balance: bool,
 ) -> list[int]:
-    """k-means of the eligible frames into ``cap`` clusters; the most uncertain frame of each."""
+    """k-means of the eligible frames into ``cap`` clusters; the most uncertain frame of each.
+
+    With ``balance``, every element first gets its :func:`element_floor` (or all the
+    eligible frames that contain it, if fewer), rarest element first: the floor is filled
+    with the most uncertain frame of each k-means cluster of that element's frames. The
+    rest of the cap goes to the clusters of all eligible frames that hold no pick yet,
+    largest first. Without the floor an element that few explored frames contain gets
+    no pick for generations on end: k-means gives its frames no cluster of their own, and
+    the dataset starves of it (benchmarks/results/active_learning.budget10.md).
+    """
     if not eligible or cap <= 0:
         return []
     k = min(cap, len(eligible))
-    x = np.asarray(descriptors, dtype=np.float64)[eligible]
-    scale = x.std(0)
-    x = (x - x.mean(0)) / np.where(scale > 0, scale, 1.0)
-    labels = kmeans_labels(x, k, seed) if k < len(eligible) else np.arange(len(eligible))
+    rows = np.arange(len(eligible))
+    x = _standardised(np.asarray(descriptors, dtype=np.float64)[eligible])
     score = _finite_priority(np.asarray(priority, dtype=np.float64)[eligible])
-    selected = []
-    for c in range(k):
-        members = np.flatnonzero(labels == c)
-        if members.size:
-            selected.append(eligible[int(members[np.argmax(score[members])])])
+    local_sets = [element_sets[i] for i in eligible]
+    picked: list[int] = []
+    if balance:
+        floor = element_floor(local_sets, k)
+        holders = {e: rows[[e in s for s in local_sets]] for e in {e for s in local_sets for e in s}}
+        for element in sorted(holders, key=lambda e: (len(holders[e]), atomic_numbers.get(e, 0), e)):
+            have = sum(element in local_sets[r] for r in picked)
+            free = np.array([r for r in holders[element] if r not in picked], dtype=int)
+            need = min(floor - have, free.size, k - len(picked))
+            if need > 0:
+                picked += _most_uncertain_per_cluster(free, x, score, need, seed)
+    clusters = kmeans_labels(x, k, seed) if k < len(eligible) else rows
+    served = {int(clusters[r]) for r in picked}
+    # Unserved clusters number at least k - len(picked): each pick serves one cluster.
+    unserved = sorted(
+        (c for c in range(k) if c not in served and (clusters == c).any()),
+        key=lambda c: (-int((clusters == c).sum()), -float(score[clusters == c].max()), c),
+    )
+    for c in unserved[: k - len(picked)]:
+        members = np.flatnonzero(clusters == c)
+        picked.append(int(members[np.argmax(score[members])]))
+    selected = [eligible[r] for r in picked]
     finite = _finite_priority(np.asarray(priority, dtype=np.float64))
     selected.sort(key=lambda i: (-finite[i], i))
     for i in selected:
         decisions[i].selected_as = "candidate"
-    picked = set(selected)
+    chosen = set(selected)
     for i in eligible:
-        if i not in picked:
-            _drop(decisions[i], "over-cap", f"cap of {cap} reached (one pick per cluster)")
+        if i not in chosen:
+            _drop(decisions[i], "over-cap", f"cap of {cap} reached (representative picks)")
     return selected
 
 
@@ -872,7 +930,16 @@ def select_arrays(
         if config.strategy == "weighted":
             selected = _pick_weighted(eligible, priority, decisions, config.max_selected, seed)
         elif config.strategy == "representative":
-            selected = _pick_representative(eligible, priority, descriptors, decisions, config.max_selected, seed)
+            selected = _pick_representative(
+                eligible,
+                priority,
+                descriptors,
+                element_sets,
+                decisions,
+                config.max_selected,
+                seed,
+                config.per_element_balance,
+            )
         else:
             selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)
     sentinels = _pick_sentinels(decisions, problems, known, duplicate_of, config.sentinel_count, seed)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
 from pipeline.hashing import frame_hash
-from pipeline.selection import SelectionConfig, select_arrays, select_frames, selection_config
+from pipeline.selection import SelectionConfig, element_floor, select_arrays, select_frames, selection_config
 
 
 def plain(n: int) -> tuple[list[list[str]], list[str], np.ndarray]:
@@ -162,3 +162,44 @@ def test_representative_spends_the_cap_where_the_frames_are():
     blob_picks = [i for i in representative.selected if i not in outliers]
     assert all(sigma[i] >= np.quantile(sigma[:40], 0.5) for i in blob_picks)
     assert len(representative.selected) == 4 == len(set(representative.selected))
+
+
+def rare_element_pool(n_common: int = 54, n_rare: int = 6) -> tuple[list[list[str]], list[str], np.ndarray, np.ndarray]:
+    """Cu and Ni frames, and a few Pd frames each right next to one of them and less uncertain than it."""
+    rng = np.random.default_rng(4)
+    n = n_common + n_rare
+    elements = [["Cu"] if i % 2 else ["Ni"] for i in range(n_common)] + [["Pd"]] * n_rare
+    common = rng.normal(0, 1, (n_common, 3))
+    twins = common[rng.choice(n_common, n_rare, replace=False)] + rng.normal(0, 0.01, (n_rare, 3))
+    descriptors = np.concatenate([common, twins])
+    sigma = np.concatenate([rng.uniform(0.1, 0.3, n_common), np.full(n_rare, 0.06)])
+    return elements, [f"h{i}" for i in range(n)], descriptors, sigma
+
+
+def test_element_floor_is_an_even_share_of_the_cap():
+    assert element_floor([["Cu"], ["Ni"], ["Pd"]], 10) == 3
+    assert element_floor([["Cu", "Ni"], ["Ni", "Pd"], ["Pd", "Cu"]], 9) == 6  # two elements per pick
+    assert element_floor([], 10) == 0
+
+
+def test_representative_gives_a_rare_element_its_floor():
+    elements, hashes, descriptors, sigma = rare_element_pool()
+    config = SelectionConfig(strategy="representative", max_selected=10, lo=0.05, hi=0.5)
+    off = select_arrays(sigma, elements, hashes, descriptors, config.model_copy(update={"per_element_balance": False}))
+    on = select_arrays(sigma, elements, hashes, descriptors, config)
+    counts = {name: Counter(e for i in r.selected for e in elements[i]) for name, r in (("off", off), ("on", on))}
+    # without the floor the Pd frames lose every cluster to a more uncertain neighbour
+    assert counts["off"]["Pd"] == 0
+    assert min(counts["on"][e] for e in ("Cu", "Ni", "Pd")) >= element_floor(elements, 10) == 3
+    for result in (off, on):
+        assert len(result.selected) == 10 == len(set(result.selected))
+        assert result.counts["selected"] == 10
+
+
+def test_representative_floor_takes_every_frame_of_an_element_rarer_than_it():
+    elements, hashes, descriptors, sigma = rare_element_pool(n_rare=2)
+    result = select_arrays(
+        sigma, elements, hashes, descriptors, SelectionConfig(strategy="representative", max_selected=10, lo=0.05)
+    )
+    assert {54, 55} <= set(result.selected)
+    assert len(result.selected) == 10
