@@ -722,16 +722,25 @@ def _standardised(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(0)) / np.where(scale > 0, scale, 1.0)
 
 
+def _topped_up(picked: list[int], rows: np.ndarray, score: np.ndarray, k: int) -> list[int]:
+    """``picked`` and then the most uncertain other ``rows`` until there are ``k``: k-means leaves a
+    cluster empty when frames share a descriptor (symmetric frames, model-free fingerprints)."""
+    chosen = set(picked)
+    rest = sorted((int(r) for r in rows if int(r) not in chosen), key=lambda r: (-score[r], r))
+    return picked + rest[: max(k - len(picked), 0)]
+
+
 def _most_uncertain_per_cluster(rows: np.ndarray, x: np.ndarray, score: np.ndarray, k: int, seed: int) -> list[int]:
     """k-means of ``x[rows]`` into ``k`` clusters; the highest-``score`` row of each (all rows if k >= their number)."""
     if k >= len(rows):
         return [int(r) for r in rows]
     labels = kmeans_labels(x[rows], k, seed)
-    return [
+    picked = [
         int(rows[members[np.argmax(score[rows][members])]])
         for c in range(k)
         if (members := np.flatnonzero(labels == c)).size
     ]
+    return _topped_up(picked, rows, score, k)
 
 
 def element_floor(element_sets: Sequence[Sequence[str]], cap: int) -> int:
@@ -784,7 +793,6 @@ def _pick_representative(
                 picked += _most_uncertain_per_cluster(free, x, score, need, seed)
     clusters = kmeans_labels(x, k, seed) if k < len(eligible) else rows
     served = {int(clusters[r]) for r in picked}
-    # Unserved clusters number at least k - len(picked): each pick serves one cluster.
     unserved = sorted(
         (c for c in range(k) if c not in served and (clusters == c).any()),
         key=lambda c: (-int((clusters == c).sum()), -float(score[clusters == c].max()), c),
@@ -792,7 +800,7 @@ def _pick_representative(
     for c in unserved[: k - len(picked)]:
         members = np.flatnonzero(clusters == c)
         picked.append(int(members[np.argmax(score[members])]))
-    selected = [eligible[r] for r in picked]
+    selected = [eligible[r] for r in _topped_up(picked, rows, score, k)]
     finite = _finite_priority(np.asarray(priority, dtype=np.float64))
     selected.sort(key=lambda i: (-finite[i], i))
     for i in selected:

@@ -203,3 +203,12 @@ def test_representative_floor_takes_every_frame_of_an_element_rarer_than_it():
     )
     assert {54, 55} <= set(result.selected)
     assert len(result.selected) == 10
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_representative_spends_the_whole_cap_on_frames_that_share_a_descriptor(balance):
+    # five frames, one descriptor: k-means leaves all clusters but one empty
+    sigma = np.array([0.1, 0.3, 0.2, 0.4, 0.15])
+    config = SelectionConfig(strategy="representative", max_selected=3, lo=0.05, per_element_balance=balance)
+    result = select_arrays(sigma, [["Cu"]] * 5, [f"h{i}" for i in range(5)], np.zeros((5, 2)), config)
+    assert result.selected == [3, 1, 2]  # the three most uncertain, most uncertain first
