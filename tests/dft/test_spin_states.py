@@ -19,6 +19,8 @@ from dft.spin import antiparallel_signs, moment_guess, spin_ceiling
 SETTINGS = DFTSettings(basis="6-31g", time_limit=None, conv_tol=1e-10)
 #: Two SCFs of the same state converged to conv_tol agree far better than this (eV).
 SAME_STATE_EV = 1e-5
+#: A free open-shell atom's degenerate p-hole orientations differ by up to this much (eV).
+DEGENERATE_ATOM_EV = 2e-4
 
 
 def label(atoms: Atoms, settings: DFTSettings = SETTINGS) -> DFTResult:
@@ -144,7 +146,12 @@ def test_separated_open_shell_atoms_are_size_consistent():
     atom = Atoms("O")
     one = label(atom)
     assert state(one)["spin"] == 2
-    assert abs(one.energy - direct(atom, 2)[0]) < SAME_STATE_EV
+    # The free atom's 3P state is degenerate: which p orbitals hold the two holes depends on
+    # the initial guess (and on threaded sums' rounding, so it changes from run to run), and
+    # the integration grid and GGA density tell those SCF solutions apart by tens of µeV
+    # (measured: 4e-5 eV spread over perturbed guesses of one direct UKS). The label matches
+    # the direct triplet to that spread; a wrong state would be off by an eV.
+    assert abs(one.energy - direct(atom, 2)[0]) < DEGENERATE_ATOM_EV
     both = label(pair)
     assert abs(both.energy - 2 * one.energy) < 1e-3
     assert np.all(np.abs(np.abs(state(both)["magnetic_moments"]) - 2.0) < 0.1)
