@@ -772,7 +772,7 @@ def _pick_representative(
     rest of the cap goes to the clusters of all eligible frames that hold no pick yet,
     largest first. Without the floor an element that few explored frames contain gets
     no pick for generations on end: k-means gives its frames no cluster of their own, and
-    the dataset starves of it (benchmarks/results/active_learning.budget10.md).
+    the dataset starves of it (benchmarks/results/active_learning.md, notes section 8).
     """
     if not eligible or cap <= 0:
         return []
