@@ -19,7 +19,8 @@ from dft.spin import antiparallel_signs, moment_guess, spin_ceiling
 SETTINGS = DFTSettings(basis="6-31g", time_limit=None, conv_tol=1e-10)
 #: Two SCFs of the same state converged to conv_tol agree far better than this (eV).
 SAME_STATE_EV = 1e-5
-#: A free open-shell atom's degenerate p-hole orientations differ by up to this much (eV).
+#: Bound on how far a free open-shell atom's degenerate p-hole solutions lie apart (eV):
+#: 4e-5 eV measured, with headroom for other grids and machines.
 DEGENERATE_ATOM_EV = 2e-4
 
 
