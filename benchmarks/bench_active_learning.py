@@ -20,6 +20,13 @@ trained on too. The arms:
   distribution itself. A loop that needs far fewer labels than this must pick better than
   the very distribution it is tested on.
 
+Seed set: a profile may name known structures (xtb: the H/C/N/O molecules of ASE's G2
+collection) that every arm's store holds before generation 0, labelled by the loop's own
+labeller and imported through ``pipeline.importer.import_file`` (what a user does with
+``selfplay label ... && selfplay db import``); every model trains on them, melt/quench
+starts from them like from any stored frame, and the label counts reported are the labels
+the loop chose besides them. ``--no-seed-set`` starts every arm from an empty store.
+
 ``--variant NAME=JSON`` adds an arm: the selfplay arm with the JSON deep-merged onto its
 configuration (e.g. ``'lo02={"selection": {"lo": 0.02}}'``), to try one change at a time.
 
@@ -168,6 +175,9 @@ class Profile:
     starts: Callable[[dict, int, int], list]
     test: dict = field(default_factory=dict)
     stability: dict = field(default_factory=dict)
+    #: known structures every arm's store holds, labelled, before generation 0 (what a user
+    #: imports with ``selfplay label ... && selfplay db import``): {"description", "structures"}
+    seed_set: Optional[dict] = None
 
 
 def xtb_oracle(atoms):
@@ -212,6 +222,19 @@ def fcc_alloys(spec: dict, seed: int, count: int, elements: list[str]) -> list:
         atoms.positions += rng.normal(scale=spec.get("rattle", 0.05), size=atoms.positions.shape)
         out.append(atoms)
     return out
+
+
+def known_molecules(elements: list[str], min_atoms: int, max_atoms: int) -> list:
+    """The molecules of ASE's G2 collection made of ``elements`` only, at their G2 geometries."""
+    from ase.collections import g2
+
+    chosen = []
+    for name in g2.names:
+        atoms = g2[name]
+        if set(atoms.get_chemical_symbols()) <= set(elements) and min_atoms <= len(atoms) <= max_atoms:
+            atoms.info = {"name": name}
+            chosen.append(atoms)
+    return chosen
 
 
 XTB_CLUSTERS = {"kind": "cluster", "min_atoms": 3, "max_atoms": 6, "max_species": 3, "min_distance_fraction": 0.9}
@@ -260,6 +283,11 @@ XTB = Profile(
         "interval": 10,
         "min_covalent_ratio": 0.5,
         "max_drift_ev_per_atom": 1.0,
+    },
+    seed_set={
+        "description": "the molecules of ASE's G2 collection made of H, C, N and O with 2-6 atoms "
+        "(H2, H2O, CO2, NH3, CH3OH, radicals such as OH and CH3 ...), at their G2 geometries",
+        "structures": lambda: known_molecules(["H", "C", "N", "O"], 2, 6),
     },
 )
 
@@ -522,6 +550,40 @@ def check_oracle_is_labeller(config, sets: dict[str, list], count: int = 4) -> d
         worst_e = max(worst_e, abs(outcome.energy - frames[index].get_potential_energy()))
         worst_f = max(worst_f, float(np.abs(np.asarray(outcome.forces) - frames[index].get_forces()).max()))
     return {"frames": len(frames), "failed": failed, "max_energy_diff_ev": worst_e, "max_force_diff_ev_per_a": worst_f}
+
+
+def build_seed_set(profile: Profile, config, cache_dir: Path) -> tuple[Optional[str], dict]:
+    """The profile's known structures labelled by the loop's own labeller (``dft.label_frames``
+    with the arms' settings), as extended XYZ whose frames name the labels' level of theory,
+    so that ``pipeline.importer.import_file`` stores them where the train stage reads.
+    ``(None, {})`` when the profile has no seed set."""
+    from ase.io import read, write
+
+    from dft import label_frames
+
+    if profile.seed_set is None:
+        return None, {}
+    structures = profile.seed_set["structures"]()
+    theory = config.dft.theory_key()
+    key = spec_hash(
+        profile.name, theory, [(a.get_chemical_formula(), a.positions.round(6).tolist()) for a in structures]
+    )
+    path = Path(cache_dir) / f"seed-set-{profile.name}-{key}.extxyz"
+    meta = {"description": profile.seed_set["description"], "structures": len(structures), "path": str(path)}
+    if path.exists():
+        frames = read(path, index=":")
+        return str(path), {**meta, "labelled": len(frames), "failed": [], "cached": True}
+    frames, failed = [], []
+    for index, outcome in label_frames(structures, config.dft, workers=1, progress=False, invalid="fail"):
+        atoms = structures[index]
+        if not outcome.ok:
+            failed.append(f"{atoms.info.get('name', index)}: {outcome.kind}: {str(outcome.reason)[:120]}")
+            continue
+        labelled = labelled_copy(atoms, outcome.energy, outcome.forces)
+        labelled.info.update(theory=theory, name=atoms.info.get("name", str(index)))
+        frames.append(labelled)
+    write(path, frames, format="extxyz")
+    return str(path), {**meta, "labelled": len(frames), "failed": failed, "cached": False}
 
 
 # ----------------------------------------------------------------------------- MD stability
@@ -791,6 +853,12 @@ def run_arm(job: dict) -> dict:
     database = f"al-{job['arm']}-{job['seed']}-{uuid.uuid4().hex[:8]}"
     connect(None, database=database)
     sets = {name: read(path, index=":") for name, path in job["test_paths"].items()}
+    seed_labels = 0
+    if job.get("seed_set_path"):
+        from pipeline.importer import import_file
+
+        # the user's path: labelled known structures imported before the first generation
+        seed_labels = import_file(job["seed_set_path"]).new_labels
     generations = []
     config = None
     for number in range(job["generations"] + 1):
@@ -832,10 +900,14 @@ def run_arm(job: dict) -> dict:
     tick = time.perf_counter()
     for version in ModelVersion.objects.order_by("generation"):
         ensemble = load_ensemble(fetch_model(version, cache), device="cpu")
+        if int(version.trained_on["frames"]) <= seed_labels:
+            continue  # trained on the seed set alone: no label of the loop's yet
         models.append(
             {
                 "generation": version.generation,
-                "labels": int(version.trained_on["frames"]),
+                # the labels the loop chose; every arm shares the seed set besides
+                "labels": int(version.trained_on["frames"]) - seed_labels,
+                "labels_with_seed_set": int(version.trained_on["frames"]),
                 "errors": score_model(ensemble, sets, job["in_domain"]),
             }
         )
@@ -849,6 +921,7 @@ def run_arm(job: dict) -> dict:
         "arm": job["arm"],
         "seed": job["seed"],
         "database": database,
+        "seed_set_labels": seed_labels,
         "config": config.public_dict() if config is not None else None,
         "generations": generations,
         "models": models,
@@ -909,15 +982,21 @@ def run_test_recipe(job: dict) -> dict:
         raise SystemExit(f"the test-recipe pool has {len(order)} frames, {wanted} are wanted")
     # the loop's labels carry the stress of periodic cells; so do these
     labelled = [oracle_label(profile, atoms, stress=True) for atoms in order]
+    seeds = read(job["seed_set_path"], index=":") if job.get("seed_set_path") else []
     models, ensemble = [], None
     for number in range(1, job["generations"] + 1):
         frames = labelled[: job["budget"] * number]
         training = config.training.model_copy(update={"seed": job["seed"] * 1000 + number})
         ensemble = train_ensemble(
-            frames, training, model_config=config.model, warm_start=ensemble, device="cpu"
+            seeds + frames, training, model_config=config.model, warm_start=ensemble, device="cpu"
         ).ensemble
         models.append(
-            {"generation": number, "labels": len(frames), "errors": score_model(ensemble, sets, job["in_domain"])}
+            {
+                "generation": number,
+                "labels": len(frames),
+                "labels_with_seed_set": len(seeds) + len(frames),
+                "errors": score_model(ensemble, sets, job["in_domain"]),
+            }
         )
     stability = None
     if ensemble is not None and job["stability_starts"]:
@@ -926,6 +1005,7 @@ def run_test_recipe(job: dict) -> dict:
         "arm": job["arm"],
         "seed": job["seed"],
         "database": None,
+        "seed_set_labels": len(seeds),
         "config": config.public_dict(),
         "generations": [],
         "models": models,
@@ -1306,7 +1386,18 @@ def _settings_paragraph(result: dict) -> str:
         f"{in_domain} (each set counts once). MD stability: {runs} NVT runs per final model "
         f"({stability['runs_per_temperature']} each at {', '.join(str(t) for t in stability['temperatures'])} K), "
         f"{stability['steps']} steps of {stability['timestep_fs']} fs = {stability['steps'] * stability['timestep_fs'] / 1000:g} ps "
-        "each: scaled down from the few ps × 20 runs one would want, to fit 2 cores."
+        "each: scaled down from the few ps × 20 runs one would want, to fit 2 cores." + _seed_set_sentence(result)
+    )
+
+
+def _seed_set_sentence(result: dict) -> str:
+    seed = result.get("seed_set") or {}
+    if not (result["settings"].get("seed_set") and seed.get("labelled")):
+        return " Every arm starts from an empty store."
+    return (
+        f" Every arm's store starts with the same {seed['labelled']} labelled known structures ({seed['description']}), "
+        "imported before generation 0 and trained on by every model; the label counts here are the labels the loop "
+        "chose besides them."
     )
 
 
@@ -1411,6 +1502,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one process each (1: in this process)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--no-stability", action="store_true", help="skip the MD stability runs")
+    parser.add_argument(
+        "--no-seed-set",
+        action="store_true",
+        help="start every arm from an empty store, without the profile's labelled known structures",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "selfplay" / "bench_active_learning")
     parser.add_argument("--workdir", type=Path, default=None, help="where the runs write (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "active_learning.json")
@@ -1466,6 +1562,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     test_paths = {name: str(Path(test_meta["folder"]) / f"{name}.extxyz") for name in sets}
     in_domain = [n for n in sets if n.startswith("md_")] + ["random"]
     oracle_check = check_oracle_is_labeller(base, sets)
+    seed_set_path, seed_meta = (None, {}) if args.no_seed_set else build_seed_set(profile, base, args.cache_dir)
     starts = stability_starts(profile, args.cache_dir) if not args.no_stability else []
     oracle = oracle_stability(profile, args.cache_dir, starts) if starts else {}
     starts_path = None
@@ -1506,6 +1603,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "pool_paths": pool_paths,
             "in_domain": in_domain,
             "stability_starts": starts_path,
+            "seed_set_path": seed_set_path,
             "random_counts": random_counts,
             "random_count_default": nominal,
         }
@@ -1595,6 +1693,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             "threads": args.threads,
             "quick": args.quick,
             "stability": not args.no_stability,
+            "seed_set": not args.no_seed_set and profile.seed_set is not None,
             "in_domain_sets": in_domain,
             "target_fraction": TARGET_FRACTION,
             "reused": {
@@ -1606,6 +1705,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "test_sets": describe_sets(sets),
         "test_set_meta": test_meta,
         "test_recipe_pool_meta": pool_meta,
+        "seed_set": seed_meta,
         "oracle_check": oracle_check,
         "oracle_stability": oracle,
         "configs": {arm: next((r["config"] for r in runs if r["arm"] == arm), None) for arm in args.arms},
@@ -1637,6 +1737,7 @@ def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
     # the configuration the arms ran with, however it was spelt (in the profile or by --set)
     mine = {
         "labeller": args.labeller,
+        "seed_set": not args.no_seed_set and get_profile(args.labeller).seed_set is not None,
         "generations": args.generations,
         "budget": args.budget,
         "quick": args.quick,
@@ -1644,10 +1745,11 @@ def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
     }
     theirs = {
         "labeller": earlier["profile"]["name"],
+        "seed_set": bool(earlier["settings"].get("seed_set")),
         "config": deep_merge(
             yaml.safe_load(earlier["profile"]["config_yaml"]), earlier["settings"].get("common_overrides") or {}
         ),
-        **{k: earlier["settings"].get(k) for k in mine if k not in ("labeller", "config")},
+        **{k: earlier["settings"].get(k) for k in mine if k not in ("labeller", "config", "seed_set")},
     }
     if mine != theirs:
         differ = sorted(k for k in mine if mine[k] != theirs[k])

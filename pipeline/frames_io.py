@@ -98,6 +98,21 @@ def read_frames(
     return frames
 
 
+#: Where a frame names its level of theory in ``atoms.info``: selfplay's exports write
+#: ``theory``, ``selfplay label`` writes ``dft_theory_key``. Either way the labels are stored
+#: under the key their labeller gave them, so a generation with the same labeller settings
+#: trains on them (``selfplay label ... && selfplay db import`` seeds the store).
+THEORY_INFO_KEYS = ("theory", "dft_theory_key")
+
+
+def info_theory(atoms: Atoms) -> str | None:
+    """The level-of-theory key ``atoms.info`` names (None when it names none)."""
+    for key in THEORY_INFO_KEYS:
+        if atoms.info.get(key):
+            return str(atoms.info[key])
+    return None
+
+
 def label_arrays(atoms: Atoms, name: str) -> tuple[float, np.ndarray, np.ndarray | None]:
     """Energy, forces and stress (Voigt, or None) carried by ``atoms``; raises
     :class:`DataFileError` naming ``name`` if missing or malformed (see

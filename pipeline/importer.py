@@ -19,7 +19,7 @@ from ase import Atoms
 
 # The one frame reader (any ASE format, HDF5 by its magic bytes) lives in
 # pipeline.frames_io; its names stay importable from here.
-from pipeline.frames_io import is_hdf5, label_arrays, read_frames  # noqa: F401
+from pipeline.frames_io import info_theory, is_hdf5, label_arrays, read_frames  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,6 @@ class ImportReport:
     new_frames: int
     new_labels: int
     theory: str
-
-
-def theory_of(atoms: Atoms, path: Path, theory: str | None) -> str:
-    if theory:
-        return theory
-    if atoms.info.get("theory"):
-        return str(atoms.info["theory"])
-    return file_theory(path)
 
 
 def file_theory(path: Path) -> str:
@@ -61,8 +53,9 @@ def import_file(path: Path | str, *, theory: str | None = None, batch_size: int 
     frames = read_frames(path, require_labels=True)
     labels = [label_arrays(atoms, f"{path} frame {i}") for i, atoms in enumerate(frames)]
     # The file's format is looked up once (filetype() opens the file), not once per frame.
-    fallback = theory or (None if all(a.info.get("theory") for a in frames) else file_theory(path))
-    keys = [theory or (str(a.info["theory"]) if a.info.get("theory") else fallback) for a in frames]
+    named = [info_theory(a) for a in frames]
+    fallback = theory or (None if all(named) else file_theory(path))
+    keys = [theory or name or fallback for name in named]
     resolved = str(path.resolve())
     created_frames, created_labels = [], []
     try:

@@ -75,10 +75,12 @@ def add(
 
 def theory_of(frames: list, theory: Optional[str], configured: str) -> str:
     """The level of theory of labelled ``frames``: ``theory`` if given, else the one the
-    frames record (selfplay's snapshots and exports do), else the configured one."""
+    frames record (selfplay's snapshots, exports and ``selfplay label`` outputs do), else the configured one."""
     if theory:
         return theory
-    recorded = {str(a.info["theory"]) if a.info.get("theory") else None for a in frames}
+    from pipeline.frames_io import info_theory
+
+    recorded = {info_theory(a) for a in frames}
     if recorded == {None}:
         return configured
     if len(recorded) > 1:

@@ -75,18 +75,30 @@ def test_both_arms_ran_the_real_loop_with_equal_labels(short_run):
     _, result, _, _, _ = short_run
     arms = {run["arm"]: run for run in result["runs"]}
     assert set(arms) == {"selfplay", "random-pick", "test-recipe"} == set(result["summary"]["arms"])
+    # every arm's store began with the same labelled seed set, and every model trained on it
+    seeds = result["seed_set"]["labelled"]
+    assert seeds == result["seed_set"]["structures"] > 0 and result["settings"]["seed_set"]
     for run in (arms["selfplay"], arms["random-pick"]):
+        assert run["seed_set_labels"] == seeds
         numbers = [g["number"] for g in run["generations"]]
         assert numbers == list(range(GENERATIONS + 1))  # the generations, then the next one's train stage
         assert [g["labels_total"] for g in run["generations"][:GENERATIONS]] == [
-            BUDGET * (i + 1) for i in range(GENERATIONS)
+            seeds + BUDGET * (i + 1) for i in range(GENERATIONS)
         ]
+        # generation 0 trained on the seed set alone and explored with that model
+        assert run["generations"][0]["trained_on"] == seeds
+        assert run["generations"][0]["explore"]["melt_quench"]["frames"] > 0
         assert (
-            run["generations"][-1]["final_train_only"] and run["generations"][-1]["trained_on"] == BUDGET * GENERATIONS
+            run["generations"][-1]["final_train_only"]
+            and run["generations"][-1]["trained_on"] == seeds + BUDGET * GENERATIONS
         )
         assert all(g["counts"]["explored"] >= BUDGET for g in run["generations"][:GENERATIONS])
     labels = {arm: [m["labels"] for m in run["models"]] for arm, run in arms.items()}
     assert labels["selfplay"] == labels["random-pick"] == labels["test-recipe"] == [BUDGET, BUDGET * GENERATIONS]
+    assert all(
+        [m["labels_with_seed_set"] for m in run["models"]] == [seeds + BUDGET, seeds + BUDGET * GENERATIONS]
+        for run in arms.values()
+    )
     assert result["summary"]["labels_equal_across_arms"]
     # generation 1 explored with its model: melt/quench frames next to the random ones
     assert arms["selfplay"]["generations"][1]["explore"]["melt_quench"]["frames"] > 0
@@ -197,3 +209,22 @@ def test_reuse_takes_finished_runs_and_refuses_other_settings(short_run):
     other = [a if a != str(BUDGET) else str(BUDGET + 1) for a in redo]
     with pytest.raises(SystemExit, match="budget"):
         bench.main(other)
+    with pytest.raises(SystemExit, match="seed_set"):  # runs from a seeded store are not an empty store's
+        bench.main(redo + ["--no-seed-set"])
+
+
+def test_seed_set_is_the_labellers_numbers(short_run):
+    """The seed set is labelled by the loop's own labeller: the oracle gives the same numbers,
+    and every frame names the theory key the arms train on."""
+    import ase.io
+
+    bench, result, _, tmp, _ = short_run
+    frames = ase.io.read(result["seed_set"]["path"], index=":")
+    assert len(frames) == result["seed_set"]["labelled"]
+    profile = bench.get_profile("xtb", quick=True)
+    config = bench.load_arm_config(profile.config_yaml, {"workdir": str(tmp / "theory")}, tmp)
+    assert {a.info["theory"] for a in frames} == {config.dft.theory_key()}
+    for atoms in frames[:3]:
+        oracle = bench.oracle_label(profile, atoms)
+        assert abs(oracle.get_potential_energy() - atoms.get_potential_energy()) < 1e-6
+        assert abs(oracle.get_forces() - atoms.get_forces()).max() < 1e-5

@@ -165,3 +165,29 @@ def test_database_failure_half_way_rolls_back(store, tmp_path, monkeypatch):
 def test_read_frames_rejects_missing_file(tmp_path):
     with pytest.raises(DataFileError, match="no such file"):
         read_frames(tmp_path / "missing.xyz")
+
+
+def test_labels_from_selfplay_label_import_under_the_labellers_key(store, tmp_path):
+    """``selfplay label`` then ``selfplay db import`` seeds the store: the labels land under the
+    key a generation with the same labeller settings trains on, not under ``import:extxyz``."""
+    import typer
+    from ase.build import molecule
+    from typer.testing import CliRunner
+
+    from dft.labeller import SETTINGS_ADAPTER
+    from flows.commands.label import label
+
+    app = typer.Typer()
+    app.command()(label)
+    ase.io.write(tmp_path / "known.xyz", [molecule("H2O"), molecule("OH")])
+    out = tmp_path / "known.extxyz"
+    result = CliRunner().invoke(app, [str(tmp_path / "known.xyz"), "--backend", "xtb", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    report = import_file(out)
+    key = SETTINGS_ADAPTER.validate_python({"backend": "xtb"}).theory_key()
+    assert (report.new_labels, report.theory) == (2, key)
+    assert {label.theory for label in Label.objects} == {key}
+    # the energies are the labeller's, unchanged by the round trip
+    written = {round(a.get_potential_energy(), 9) for a in ase.io.read(out, index=":")}
+    assert {round(label.energy, 9) for label in Label.objects} == written
