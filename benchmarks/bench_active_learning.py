@@ -33,9 +33,10 @@ configuration (e.g. ``'lo02={"selection": {"lo": 0.02}}'``), to try one change a
 Test sets, made by the oracle itself (the labeller's ASE calculator: ``tblite.ase.TBLite``
 with the labeller's GFN2-xTB settings, or EMT), independently of every arm and cached as
 extended XYZ under ``--cache-dir``: Langevin MD at several temperatures from independent,
-oracle-relaxed starts; random structures from the exploration's own generator (other
-seeds); one out-of-domain set (larger clusters, or alloys with more species, than any arm
-explores). A few test frames are relabelled through ``dft.label_frames`` to check that the
+oracle-relaxed starts (xtb: every G2 molecule of the seed set, one trajectory each, a few
+frames per trajectory; EMT: random fcc alloys); random structures from the exploration's
+own generator (other seeds); one out-of-domain set (larger molecules, or alloys with more
+species, than any arm explores). A few test frames are relabelled through ``dft.label_frames`` to check that the
 oracle's numbers are the labeller's.
 
 Each generation's model (from the store: ``ModelVersion`` → ``fetch_model`` →
@@ -123,7 +124,7 @@ explore:
     trajectories: 12
     from_database: 0.8
     start: {kind: cluster, min_atoms: 3, max_atoms: 6, max_species: 3}
-    params: {t_start: 300, t_high: 800, t_end: 300, heat_steps: 30, hold_steps: 30, cool_steps: 30,
+    params: {t_start: 300, t_high: 1500, t_end: 300, heat_steps: 30, hold_steps: 30, cool_steps: 30,
              frame_interval: 5, hi: 3.0}
 selection: {lo: 0.05, hi: 3.0, max_selected: 20, sentinel_count: 0}
 dft: {backend: xtb, method: GFN2-xTB, time_limit: 60}
@@ -237,44 +238,67 @@ def known_molecules(elements: list[str], min_atoms: int, max_atoms: int) -> list
     return chosen
 
 
+XTB_ELEMENTS = ["H", "C", "N", "O"]
 XTB_CLUSTERS = {"kind": "cluster", "min_atoms": 3, "max_atoms": 6, "max_species": 3, "min_distance_fraction": 0.9}
+#: The seed set's molecules (G2, H/C/N/O, 2-6 atoms): the MD test sets and the stability runs
+#: start from them, one trajectory per molecule, so that a test set is tens of independent
+#: molecules (a few frames each) rather than a few random compositions (see the xtb notes).
+XTB_MOLECULES = {"kind": "molecules", "min_atoms": 2, "max_atoms": 6}
+
+
+def molecule_starts(spec: dict, seed: int, count: int, elements: list[str]) -> list:
+    """``count`` starts from the G2 molecules of ``elements`` with ``spec``'s atom counts:
+    every molecule once per pass, the passes in seeded orders."""
+    molecules = known_molecules(elements, spec["min_atoms"], spec["max_atoms"])
+    rng = np.random.default_rng(seed)
+    out: list = []
+    while len(out) < count:
+        out += [molecules[i].copy() for i in rng.permutation(len(molecules))]
+    return out[:count]
+
+
+def xtb_starts(spec: dict, seed: int, count: int) -> list:
+    if spec.get("kind") == "molecules":
+        return molecule_starts(spec, seed, count, XTB_ELEMENTS)
+    return random_starts(spec, seed, count, XTB_ELEMENTS)
+
+
+XTB_MOLECULE_MD = {
+    "timestep_fs": 0.5,
+    "friction_per_fs": 0.02,
+    "equilibrate": 200,
+    "steps": 160,
+    "interval": 40,
+}
 XTB = Profile(
     name="xtb",
-    description="GFN2-xTB (tblite) labels of H/C/N/O clusters of 3-6 atoms",
+    description="GFN2-xTB (tblite) labels of H/C/N/O clusters of 3-6 atoms, tested on MD of the G2 molecules",
     config_yaml=XTB_CONFIG,
     oracle=xtb_oracle,
     oracle_description="tblite.ase.TBLite(method='GFN2-xTB', charge=0, multiplicity=1 + parity, accuracy=1, "
     "electronic_temperature=300)",
-    starts=lambda spec, seed, count: random_starts(spec, seed, count, ["H", "C", "N", "O"]),
+    starts=xtb_starts,
     test={
         "seed": 900_000,
         "relax": {"fmax": 0.2, "steps": 150},
         "md": {
-            "starts": XTB_CLUSTERS,
+            "starts": XTB_MOLECULES,
             "temperatures": [300, 600, 1000, 1500],
-            "trajectories": 5,
-            "timestep_fs": 0.5,
-            "friction_per_fs": 0.02,
-            "equilibrate": 200,
-            "steps": 400,
-            "interval": 20,
+            "trajectories": 38,
+            **XTB_MOLECULE_MD,
         },
         "random": {"params": XTB_CLUSTERS, "count": 100},
         "ood": {
-            "description": "clusters of 8-10 atoms (the arms explore 3-6) at 600 K",
-            "starts": {**XTB_CLUSTERS, "min_atoms": 8, "max_atoms": 10},
+            "description": "the G2 molecules of 7-9 atoms (the arms explore 3-6) at 600 K",
+            "starts": {**XTB_MOLECULES, "min_atoms": 7, "max_atoms": 9},
             "temperatures": [600],
-            "trajectories": 5,
-            "timestep_fs": 0.5,
-            "friction_per_fs": 0.02,
-            "equilibrate": 200,
-            "steps": 400,
-            "interval": 20,
+            "trajectories": 21,
+            **XTB_MOLECULE_MD,
         },
     },
     stability={
         "seed": 910_000,
-        "starts": XTB_CLUSTERS,
+        "starts": XTB_MOLECULES,
         "temperatures": [300, 700, 1000, 1500],
         "runs_per_temperature": 5,
         "steps": 1000,
@@ -287,7 +311,7 @@ XTB = Profile(
     seed_set={
         "description": "the molecules of ASE's G2 collection made of H, C, N and O with 2-6 atoms "
         "(H2, H2O, CO2, NH3, CH3OH, radicals such as OH and CH3 ...), at their G2 geometries",
-        "structures": lambda: known_molecules(["H", "C", "N", "O"], 2, 6),
+        "structures": lambda: known_molecules(XTB_ELEMENTS, 2, 6),
     },
 )
 

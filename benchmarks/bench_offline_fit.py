@@ -14,6 +14,9 @@ sets and the pool are built, or reused, in ``--cache-dir`` exactly as
 ``bench_active_learning.py`` builds them::
 
     python benchmarks/bench_offline_fit.py --labeller xtb --cache-dir /tmp/alcache
+
+``--quick`` is the test suite's run (``tests/benchmarks/test_bench_offline_fit.py``): the
+smoke-test sets of ``bench_active_learning --quick`` and a fit of a few frames.
 """
 
 from __future__ import annotations
@@ -82,16 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "offline_fit.json")
+    parser.add_argument("--quick", action="store_true", help="the test suite's run: smoke-test sets, tiny fits")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    profile = al.get_profile(args.labeller, False)
+    profile = al.get_profile(args.labeller, args.quick)
     with tempfile.TemporaryDirectory() as workdir:
         config = al.load_arm_config(profile.config_yaml, {"workdir": workdir}, Path(workdir))
     elements = list(config.elements)
     test, _ = al.build_test_sets(profile, elements, args.cache_dir)
-    # The pool bench_active_learning's test-recipe arm draws from at its default budget.
-    pool, _ = al.test_recipe_pool(profile, elements, args.cache_dir, wanted=160)
+    # The pool bench_active_learning's test-recipe arm draws from at its default budget
+    # (8 generations of 20 labels), so that both scripts share one cached pool.
+    wanted = len(test) * args.per_set if args.quick else 160
+    pool, _ = al.test_recipe_pool(profile, elements, args.cache_dir, wanted=wanted)
     in_domain = {name: frames for name, frames in test.items() if name != "ood"}
 
     rng = np.random.default_rng(args.seed)
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": "python benchmarks/bench_offline_fit.py "
                 + " ".join(argv if argv is not None else sys.argv[1:]),
                 "labeller": args.labeller,
-                "settings": {"per_set": args.per_set, "epochs": args.epochs, "seed": args.seed},
+                "settings": {"per_set": args.per_set, "epochs": args.epochs, "seed": args.seed, "quick": args.quick},
                 "model": config.model.model_dump(),
                 "training": config.training.model_dump(),
                 "environment": al.environment(threads=1, jobs=1),

@@ -135,6 +135,11 @@ class GenerationSettings(_Section):
     training_theories: list[str] = Field(
         default_factory=list, description="other level-of-theory keys whose labels also train the model"
     )
+    warm_start: bool = Field(
+        True,
+        description="start each generation's training from the last model's weights (false: from scratch, "
+        "the ensemble's members drawn afresh every generation)",
+    )
     export_hdf5: bool = Field(True, description="write a cumulative HDF5 snapshot after each generation")
     write_report: bool = Field(True, description="write the static HTML report after each generation")
 

@@ -130,7 +130,8 @@ def training_theories(config: SelfplayConfig) -> list[str]:
 
 
 def train_stage(ctx: StageContext) -> dict:
-    """Train this generation's ensemble on every label so far (warm start from the last)."""
+    """Train this generation's ensemble on every label so far (warm start from the last,
+    unless ``generation.warm_start`` is off)."""
     from pipeline.reads import iter_labelled
 
     config, generation = ctx.config, ctx.generation
@@ -144,7 +145,7 @@ def train_stage(ctx: StageContext) -> dict:
             f"({config.generation.min_train_frames}); exploring without a new model",
             "frames": len(frames),
         }
-    previous = latest_model(before=generation.number)
+    previous = latest_model(before=generation.number) if config.generation.warm_start else None
     warm_start = fetch_model(previous, model_cache_dir(config)) if previous is not None else None
     out_dir = Path(config.workdir) / "training" / f"gen-{generation.number:04d}"
     training = config.training.model_copy(update={"seed": ctx.seed("train")})

@@ -351,7 +351,7 @@ def fake_trainer(frames, training, out_dir, **_):
     return FakeTraining()
 
 
-def small_config(tmp_path, **overrides):
+def small_config(tmp_path, generation: dict | None = None, **overrides):
     from flows.config import load_config
 
     return load_config(
@@ -360,7 +360,8 @@ def small_config(tmp_path, **overrides):
         explore={"random": {"count": 4, "params": {"min_atoms": 2, "max_atoms": 3, "kind": "cluster"}},
                  "melt_quench": {"enabled": False}, "substitution": {"enabled": False}},
         selection={"max_selected": 3, "sentinel_count": 0},
-        generation={"min_train_frames": 1, "min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False},
+        generation={"min_train_frames": 1, "min_labelled_fraction": 0.0, "export_hdf5": False, "write_report": False,
+                    **(generation or {})},
         **overrides,
     )  # fmt: skip
 
