@@ -36,8 +36,8 @@ extended XYZ under ``--cache-dir``: Langevin MD at several temperatures from ind
 oracle-relaxed starts (xtb: every G2 molecule of the seed set, one trajectory each, a few
 frames per trajectory; EMT: random fcc alloys); random structures from the exploration's
 own generator (other seeds); one out-of-domain set (larger molecules, or alloys with more
-species, than any arm explores). A few test frames are relabelled through ``dft.label_frames`` to check that the
-oracle's numbers are the labeller's.
+species, than any arm explores). A few test frames are relabelled through
+``dft.label_frames`` to check that the oracle's numbers are the labeller's.
 
 Each generation's model (from the store: ``ModelVersion`` → ``fetch_model`` →
 ``load_ensemble``) is scored on every test set (energy MAE per atom, force MAE; "in-domain"

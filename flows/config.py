@@ -56,6 +56,13 @@ class _StartedSampler(_Section):
     from_database: float = Field(
         0.5, ge=0, le=1, description="share of starting structures drawn from labelled frames (rest: random)"
     )
+    from_imported: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of those stored starts drawn first from imported frames (the structures the store "
+        "was seeded with, selfplay db import), the rest from every labelled frame",
+    )
     start: RandomStructureParams = Field(
         default_factory=RandomStructureParams, description="the random starting structures"
     )

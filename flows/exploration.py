@@ -13,20 +13,33 @@ from pipeline.documents import Frame, Label
 from pipeline.reads import label_query
 
 
-def database_structures(count: int, rng: np.random.Generator, elements: Iterable[str]) -> list[Atoms]:
-    """Up to ``count`` labelled frames made only of ``elements``, drawn at random."""
+def database_structures(
+    count: int, rng: np.random.Generator, elements: Iterable[str], imported_share: float = 0.0
+) -> list[Atoms]:
+    """Up to ``count`` labelled frames made only of ``elements``, drawn at random; with
+    ``imported_share``, that share of them drawn first from the imported frames (the
+    structures a user seeded the store with), the rest from every labelled frame."""
     if count <= 0:
         return []
+    collection = Label._get_collection()
     query = label_query(elements=elements)
-    hashes = sorted(Label._get_collection().distinct("frame_hash", query))
+    hashes = sorted(collection.distinct("frame_hash", query))
     if not hashes:
         return []
-    chosen = rng.choice(len(hashes), size=min(count, len(hashes)), replace=False)
-    by_hash = {f.hash: f for f in Frame.objects(hash__in=[hashes[i] for i in chosen])}
+    imported = sorted(collection.distinct("frame_hash", {**query, "source": "import"})) if imported_share > 0 else []
+    first = min(round(imported_share * count), len(imported))
+    if first:
+        chosen = [imported[i] for i in rng.choice(len(imported), size=first, replace=False)]
+        others = sorted(set(hashes) - set(chosen))
+        rest = min(count, len(hashes)) - first
+        chosen += [others[i] for i in rng.choice(len(others), size=rest, replace=False)]
+    else:
+        chosen = [hashes[i] for i in rng.choice(len(hashes), size=min(count, len(hashes)), replace=False)]
+    by_hash = {f.hash: f for f in Frame.objects(hash__in=chosen)}
     structures = []
-    for i in chosen:
-        atoms = by_hash[hashes[i]].to_atoms()
-        atoms.info = {"parent": hashes[i]}
+    for frame_hash in chosen:
+        atoms = by_hash[frame_hash].to_atoms()
+        atoms.info = {"parent": frame_hash}
         structures.append(atoms)
     return structures
 
@@ -87,7 +100,7 @@ def _starts(section, config: SelfplayConfig, number: int, sampler: str, count: i
     from samplers.random_structures import random_structures
 
     rng = np.random.default_rng(_seed(config, number, f"{sampler}-seeds"))
-    starts = database_structures(round(section.from_database * count), rng, config.elements)
+    starts = database_structures(round(section.from_database * count), rng, config.elements, section.from_imported)
     fresh = count - len(starts)
     if fresh:
         starts += random_structures(

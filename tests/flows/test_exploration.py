@@ -114,3 +114,49 @@ def test_relax_settings_are_validated_at_the_edge(tmp_path):
                  "substitution": {"enabled": False}, "relax": {"enabled": True}},
     )  # fmt: skip
     assert config.explore.relax.count == 8
+
+
+def _store_molecules(source: str, count: int, offset: float) -> set[str]:
+    """``count`` labelled H2O frames of ``source`` (distinct geometries), their hashes."""
+    from ase.build import molecule
+
+    from pipeline.store import add_frame, add_label
+
+    hashes = set()
+    for i in range(count):
+        atoms = molecule("H2O")
+        atoms.positions[0, 2] += offset + 0.01 * i
+        frame, _ = add_frame(atoms, source=source)
+        add_label(frame, theory="t", energy=-1.0, forces=np.zeros((3, 3)))
+        hashes.add(frame.hash)
+    return hashes
+
+
+def test_stored_starts_come_first_from_the_imported_frames_when_asked(embedded_store):
+    from flows.exploration import database_structures
+
+    imported = _store_molecules("import", 4, 0.0)
+    explored = _store_molecules("melt-quench", 12, 0.5)
+    for seed in range(5):
+        parents = [a.info["parent"] for a in database_structures(6, np.random.default_rng(seed), ["H", "O"], 0.5)]
+        assert len(parents) == len(set(parents)) == 6
+        assert set(parents[:3]) <= imported  # round(0.5 * 6) imported first
+        assert set(parents[3:]) <= (imported | explored) - set(parents[:3])
+        # more asked of the imported frames than there are: all of them, the rest from the others
+        everything = [a.info["parent"] for a in database_structures(8, np.random.default_rng(seed), ["H", "O"], 1.0)]
+        assert set(everything[:4]) == imported and set(everything[4:]) <= explored and len(everything) == 8
+    # off (the default): the draw is the plain one over every labelled frame, as before the option
+    plain = database_structures(6, np.random.default_rng(3), ["H", "O"])
+    again = database_structures(6, np.random.default_rng(3), ["H", "O"], 0.0)
+    assert [a.info["parent"] for a in plain] == [a.info["parent"] for a in again]
+    hashes = sorted(imported | explored)
+    expected = [hashes[i] for i in np.random.default_rng(3).choice(len(hashes), size=6, replace=False)]
+    assert [a.info["parent"] for a in plain] == expected
+
+
+def test_from_imported_is_validated_at_the_edge(tmp_path):
+    from flows.config import load_config
+
+    assert load_config(workdir=tmp_path).explore.melt_quench.from_imported == 0.0
+    with pytest.raises(ConfigError, match="from_imported"):
+        load_config(workdir=tmp_path, explore={"melt_quench": {"from_imported": 1.5}})
