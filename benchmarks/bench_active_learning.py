@@ -311,7 +311,7 @@ XTB = Profile(
     seed_set={
         "description": "the molecules of ASE's G2 collection made of H, C, N and O with 2-6 atoms "
         "(H2, H2O, CO2, NH3, CH3OH, radicals such as OH and CH3 ...), at their G2 geometries",
-        "structures": lambda: known_molecules(XTB_ELEMENTS, 2, 6),
+        "structures": lambda: known_molecules(XTB_ELEMENTS, XTB_MOLECULES["min_atoms"], XTB_MOLECULES["max_atoms"]),
     },
 )
 

@@ -28,13 +28,10 @@ def database_structures(
         return []
     imported = sorted(collection.distinct("frame_hash", {**query, "source": "import"})) if imported_share > 0 else []
     first = min(round(imported_share * count), len(imported))
-    if first:
-        chosen = [imported[i] for i in rng.choice(len(imported), size=first, replace=False)]
-        others = sorted(set(hashes) - set(chosen))
-        rest = min(count, len(hashes)) - first
-        chosen += [others[i] for i in rng.choice(len(others), size=rest, replace=False)]
-    else:
-        chosen = [hashes[i] for i in rng.choice(len(hashes), size=min(count, len(hashes)), replace=False)]
+    # with nothing drawn first, ``others`` is ``hashes`` and the draw is the plain one
+    chosen = [imported[i] for i in rng.choice(len(imported), size=first, replace=False)] if first else []
+    others = sorted(set(hashes) - set(chosen))
+    chosen += [others[i] for i in rng.choice(len(others), size=min(count, len(hashes)) - first, replace=False)]
     by_hash = {f.hash: f for f in Frame.objects(hash__in=chosen)}
     structures = []
     for frame_hash in chosen:
