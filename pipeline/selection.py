@@ -39,6 +39,14 @@ more clusters; a lone outlier gets at most one pick); with ``per_element_balance
 first fills every element's even share of the cap (:func:`element_floor`), rarest
 element first, from k-means clusters of that element's frames.
 
+With ``per_sampler_share`` the cap is first shared over the samplers that made the
+explored frames (melt/quench MD, random structures, substitution ...), in proportion to
+how many sane, new frames each made (:func:`sampler_quotas`: the share random picking
+gives them on average), and each share is picked by the strategy among that sampler's
+eligible frames. The ensemble doubts random structures far more than MD frames (they lie far
+from anything labelled), so that without shares they can take most of every batch by
+uncertainty alone, whatever the MD the model will be used for needs.
+
 All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
 :class:`FrameDecision` per input frame and the per-element ledger.
 """
@@ -92,6 +100,12 @@ class SelectionConfig(BaseModel):
         True,
         description="rare chemistries get picks: uncertainty shares the cap round-robin over elements, rarest "
         "first; representative gives every element an even share of the cap first (element_floor)",
+    )
+    per_sampler_share: bool = Field(
+        False,
+        description="share the cap over the samplers that made the explored frames, in proportion to their "
+        "sane, new frames (sampler_quotas), each share picked by the strategy among that sampler's eligible frames; "
+        "strategy random ignores it (it draws from every frame alike)",
     )
     adaptive: bool = Field(False, description="derive lo/hi from quantiles of recent σ_F history")
     calibrated: bool = Field(
@@ -576,6 +590,12 @@ def _batch_duplicates(hashes: Sequence[str]) -> dict[int, int]:
     return duplicate_of
 
 
+def _sane_and_new(
+    i: int, decision: FrameDecision, problems: Sequence[str | None], known: Collection[str], duplicate_of: dict
+) -> bool:
+    return problems[i] is None and decision.hash not in known and i not in duplicate_of
+
+
 def _eligible(
     decisions: list[FrameDecision],
     problems: Sequence[str | None],
@@ -607,8 +627,9 @@ def _pick_candidates(
     element_sets: list[list[str]],
     decisions: list[FrameDecision],
     config: SelectionConfig,
+    cap: int,
 ) -> list[int]:
-    """Near-duplicates out (the most uncertain of them kept), then farthest-point picks up to the cap."""
+    """Near-duplicates out (the most uncertain of them kept), then farthest-point picks up to ``cap``."""
     by_priority = sorted(eligible, key=lambda i: (-priority[i], i))
     near = (
         near_duplicates(
@@ -626,7 +647,7 @@ def _pick_candidates(
     pool = [i for i in by_priority if i not in near]
     picks_local = farthest_point_sampling(
         np.asarray(descriptors, dtype=np.float64)[pool] if pool else np.zeros((0, 1)),
-        config.max_selected,
+        cap,
         groups=[element_sets[i] for i in pool] if config.per_element_balance else None,
         priority=priority[pool] if pool else np.zeros(0),
     )
@@ -636,7 +657,7 @@ def _pick_candidates(
     chosen = set(selected)
     for i in pool:
         if i not in chosen:
-            _drop(decisions[i], "over-cap", f"cap of {config.max_selected} reached")
+            _drop(decisions[i], "over-cap", f"cap of {cap} reached")
     return selected
 
 
@@ -892,6 +913,72 @@ def _result(
     )
 
 
+def _largest_remainder(weights: dict[str, int], k: int) -> dict[str, int]:
+    """``k`` shared over ``weights``' keys in proportion: floors of the exact shares, then one
+    more for the largest remainders (ties: the larger weight, then the name)."""
+    total = sum(weights.values())
+    exact = {s: k * w / total for s, w in weights.items()}
+    shares = {s: int(np.floor(e)) for s, e in exact.items()}
+    order = sorted(weights, key=lambda s: (-(exact[s] - shares[s]), -weights[s], s))
+    for s in order[: k - sum(shares.values())]:
+        shares[s] += 1
+    return shares
+
+
+def sampler_quotas(samplers: Sequence[str], cap: int, eligible: Sequence[str] | None = None) -> dict[str, int]:
+    """Picks per sampler when ``cap`` picks are shared in proportion to each sampler's frames
+    among ``samplers`` (one entry per sane, new explored frame, of any class): the share
+    random picking gives each sampler on average. ``eligible`` (one entry per frame that
+    may be picked; default: ``samplers``) bounds each share; what a sampler cannot use goes
+    to the others, in the same proportions.
+
+    A sampler whose frames the ensemble doubts most (random structures, far from anything
+    labelled) would otherwise take most of a batch by uncertainty alone; the shares are
+    counted over every sane frame rather than the eligible ones so that frames the trust
+    window calls failed or accurate still count for their sampler, as they do for random picks."""
+    weights: dict[str, int] = {}
+    for sampler in samplers:
+        weights[sampler] = weights.get(sampler, 0) + 1
+    room: dict[str, int] = {}
+    for sampler in samplers if eligible is None else eligible:
+        room[sampler] = room.get(sampler, 0) + 1
+    quotas = dict.fromkeys(room, 0)
+    left = min(max(int(cap), 0), sum(room.values()))
+    while left > 0:
+        open_weights = {s: weights.get(s, 0) or 1 for s in room if quotas[s] < room[s]}
+        for s, extra in _largest_remainder(open_weights, left).items():
+            quotas[s] += min(extra, room[s] - quotas[s])
+        left = min(max(int(cap), 0), sum(room.values())) - sum(quotas.values())
+    return {s: q for s, q in quotas.items() if q > 0}
+
+
+def _pick_by_strategy(
+    eligible: list[int],
+    cap: int,
+    priority: np.ndarray,
+    descriptors: np.ndarray,
+    element_sets: list[list[str]],
+    decisions: list[FrameDecision],
+    config: SelectionConfig,
+    seed: int,
+) -> list[int]:
+    """Up to ``cap`` of ``eligible`` by ``config.strategy`` (not random); the rest are dropped as over the cap."""
+    if config.strategy == "weighted":
+        return _pick_weighted(eligible, priority, decisions, cap, seed)
+    if config.strategy == "representative":
+        return _pick_representative(
+            eligible, priority, descriptors, element_sets, decisions, cap, seed, config.per_element_balance
+        )
+    return _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config, cap)
+
+
+def frame_sampler(atoms: Atoms) -> str:
+    """The sampler that made a frame (``info['provenance']['sampler']``; "unknown" without one)."""
+    provenance = atoms.info.get("provenance")
+    sampler = provenance.get("sampler") if isinstance(provenance, dict) else None
+    return str(sampler) if sampler else "unknown"
+
+
 def select_arrays(
     sigma: Sequence[float] | np.ndarray,
     element_sets: Sequence[Iterable[str]],
@@ -905,6 +992,7 @@ def select_arrays(
     history: Sequence[float] | np.ndarray | None = None,
     seed: int = 0,
     descriptor_source: str = "model",
+    samplers: Sequence[str] | None = None,
 ) -> SelectionResult:
     """The selection on plain arrays (one entry per explored frame); see the module docstring.
 
@@ -912,7 +1000,8 @@ def select_arrays(
     config has an energy window; ``geometry_problems[i]`` is None for a physically sane
     frame, else the reason; ``known_hashes`` are content hashes of frames already in the
     database; ``history`` is recent σ_F for adaptive thresholds; ``seed`` drives the
-    sentinel draw.
+    sentinel draw; ``samplers[i]`` names the sampler of frame i, used with
+    ``config.per_sampler_share`` (:func:`sampler_quotas`).
 
     Phases: classify (trust windows), filter eligible frames (geometry, hashes), rank
     them by :func:`uncertainty_score`, drop near-duplicates and pick for diversity up to
@@ -923,6 +1012,8 @@ def select_arrays(
     """
     sigma, sigma_e, element_sets = _checked_inputs(sigma, sigma_e, element_sets, hashes, descriptors)
     n = len(sigma)
+    if samplers is not None and len(samplers) != n:
+        raise ValueError(f"{len(samplers)} sampler names for {n} frames")
     problems = list(geometry_problems) if geometry_problems is not None else [None] * n
     thresholds = resolve_thresholds(config, history)
     classes = classify(sigma, thresholds.lo, thresholds.hi, sigma_e=sigma_e, e_lo=thresholds.e_lo, e_hi=thresholds.e_hi)
@@ -935,21 +1026,21 @@ def select_arrays(
     else:
         eligible = _eligible(decisions, problems, known, duplicate_of)
         priority = uncertainty_score(sigma, thresholds.lo, sigma_e=sigma_e, e_lo=thresholds.e_lo)
-        if config.strategy == "weighted":
-            selected = _pick_weighted(eligible, priority, decisions, config.max_selected, seed)
-        elif config.strategy == "representative":
-            selected = _pick_representative(
-                eligible,
-                priority,
-                descriptors,
-                element_sets,
-                decisions,
-                config.max_selected,
-                seed,
-                config.per_element_balance,
+        if config.per_sampler_share and samplers is not None:
+            sane = [i for i, d in enumerate(decisions) if _sane_and_new(i, d, problems, known, duplicate_of)]
+            shares = sampler_quotas(
+                [samplers[i] for i in sane], config.max_selected, eligible=[samplers[i] for i in eligible]
             )
+            selected = []
+            for sampler, quota in shares.items():
+                rows = [i for i in eligible if samplers[i] == sampler]
+                selected += _pick_by_strategy(rows, quota, priority, descriptors, element_sets, decisions, config, seed)
+            finite = _finite_priority(priority)
+            selected.sort(key=lambda i: (-finite[i], i))
         else:
-            selected = _pick_candidates(eligible, priority, descriptors, element_sets, decisions, config)
+            selected = _pick_by_strategy(
+                eligible, config.max_selected, priority, descriptors, element_sets, decisions, config, seed
+            )
     sentinels = _pick_sentinels(decisions, problems, known, duplicate_of, config.sentinel_count, seed)
     return _result(decisions, selected, sentinels, thresholds, descriptor_source)
 
@@ -996,4 +1087,5 @@ def select_frames(
         history=history,
         seed=seed,
         descriptor_source=source,
+        samplers=[frame_sampler(frame) for frame in frames],
     )

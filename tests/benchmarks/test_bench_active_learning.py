@@ -6,27 +6,17 @@ benchmark cannot rot; the checks are on the properties the full run's conclusion
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.loader import load_benchmark
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 GENERATIONS, BUDGET = 2, 8
-
-
-def load_bench():
-    path = ROOT / "benchmarks" / "bench_active_learning.py"
-    spec = importlib.util.spec_from_file_location("bench_active_learning", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench_active_learning", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def finite_numbers(value) -> list[float]:
@@ -40,13 +30,13 @@ def finite_numbers(value) -> list[float]:
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     pytest.importorskip("tblite")
-    bench = load_bench()
+    bench = load_benchmark("bench_active_learning")
     tmp = tmp_path_factory.mktemp("al")
     out = tmp / "al.json"
     argv = [
         "--quick", "--generations", str(GENERATIONS), "--budget", str(BUDGET), "--seeds", "0",
         "--arms", "selfplay", "random-pick", "test-recipe", "--jobs", "1", "--threads", "1",
-        "--set", json.dumps({"training": {"epochs": 5}}),
+        "--set", json.dumps({"training": {"epochs": 5, "min_steps": None}}),
         "--cache-dir", str(tmp / "cache"), "--workdir", str(tmp / "work"), "--out", str(out),
     ]  # fmt: skip
     result = bench.main(argv)
@@ -63,7 +53,7 @@ def test_writes_strict_json_with_the_schema(short_run):
     assert env["cores"] >= 1 and env["cpu"]
     assert {"torch", "tblite", "ase", "selfplay"} <= set(env["versions"])
     assert data["settings"]["seeds"] == [0] and data["settings"]["budget"] == BUDGET
-    assert data["configs"]["selfplay"]["selection"]["strategy"] == "uncertainty"
+    assert data["configs"]["selfplay"]["selection"]["strategy"] == "representative"  # the xtb profile's
     assert data["configs"]["random-pick"]["selection"]["strategy"] == "random"
     assert data["configs"]["selfplay"]["dft"]["backend"] == "xtb"
     assert out.with_suffix(".png").stat().st_size > 1000
@@ -193,7 +183,7 @@ def test_render_summarizes_the_runs_again(short_run):
 
 
 def test_labels_to_reach_interpolates_on_the_curve():
-    bench = load_bench()
+    bench = load_benchmark("bench_active_learning")
     assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 1.5) == pytest.approx(25.0)
     assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 5.0) == 10.0
     assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 0.5) is None

@@ -3,38 +3,24 @@ script that says whether an MD test set measures learning or memory cannot rot."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.benchmarks.loader import load_benchmark
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 PER_SET = 2
-
-
-def load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    path = ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     pytest.importorskip("tblite")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    al = load("bench_active_learning")
-    offline = load("bench_offline_fit")
+    al = load_benchmark("bench_active_learning")
+    offline = load_benchmark("bench_offline_fit")
     tmp = tmp_path_factory.mktemp("offline")
     out = tmp / "offline.json"
     argv = ["--quick", "--per-set", str(PER_SET), "--epochs", "3", "--cache-dir", str(tmp / "cache"), "--out", str(out)]
@@ -71,8 +57,7 @@ def test_zero_force_reference_is_the_held_frames_mean_absolute_force(offline_run
 
 
 def test_md_test_sets_start_from_every_named_molecule_once():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    al = load("bench_active_learning")
+    al = load_benchmark("bench_active_learning")
     molecules = al.known_molecules(al.XTB_ELEMENTS, 2, 6)
     starts = al.molecule_starts(al.XTB_MOLECULES, 5, 2 * len(molecules), al.XTB_ELEMENTS)
     first, second = starts[: len(molecules)], starts[len(molecules) :]

@@ -11,7 +11,14 @@ from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
 from pipeline.hashing import frame_hash
-from pipeline.selection import SelectionConfig, element_floor, select_arrays, select_frames, selection_config
+from pipeline.selection import (
+    SelectionConfig,
+    element_floor,
+    sampler_quotas,
+    select_arrays,
+    select_frames,
+    selection_config,
+)
 
 
 def plain(n: int) -> tuple[list[list[str]], list[str], np.ndarray]:
@@ -212,3 +219,81 @@ def test_representative_spends_the_whole_cap_on_frames_that_share_a_descriptor(b
     config = SelectionConfig(strategy="representative", max_selected=3, lo=0.05, per_element_balance=balance)
     result = select_arrays(sigma, [["Cu"]] * 5, [f"h{i}" for i in range(5)], np.zeros((5, 2)), config)
     assert result.selected == [3, 1, 2]  # the three most uncertain, most uncertain first
+
+
+def test_sampler_quotas_are_proportional_shares_summing_to_the_cap():
+    samplers = ["melt_quench"] * 150 + ["random"] * 32 + ["substitution"] * 18
+    quotas = sampler_quotas(samplers, 20)
+    assert quotas == {"melt_quench": 15, "random": 3, "substitution": 2}
+    # the largest remainders get the rounding: 7 × 2/3 = 4.67 and 7 × 1/3 = 2.33
+    assert sampler_quotas(["a"] * 2 + ["b"], 7) == {"a": 2, "b": 1}  # capped at the frames there are
+    assert sampler_quotas(["a"] * 20 + ["b"] * 10, 7) == {"a": 5, "b": 2}
+    assert sum(sampler_quotas(["a"] * 5 + ["b"] * 5 + ["c"] * 5, 10).values()) == 10
+    assert sampler_quotas([], 5) == {} and sampler_quotas(["a"], 0) == {}
+    # shares follow every sane frame; a sampler with fewer eligible ones passes the rest on
+    everything = ["md"] * 80 + ["random"] * 20
+    assert sampler_quotas(everything, 10, eligible=["md"] * 60 + ["random"] * 10) == {"md": 8, "random": 2}
+    assert sampler_quotas(everything, 10, eligible=["md"] * 60 + ["random"]) == {"md": 9, "random": 1}
+    assert sampler_quotas(everything, 10, eligible=["md"] * 3 + ["random"] * 2) == {"md": 3, "random": 2}
+    # three samplers, one full: its spare goes to the other two in their proportions (6:2)
+    three = ["a"] * 60 + ["b"] * 20 + ["c"] * 20
+    assert sampler_quotas(three, 10, eligible=["a"] * 60 + ["b"] * 20 + ["c"]) == {"a": 7, "b": 2, "c": 1}
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "weighted", "representative"])
+def test_per_sampler_share_keeps_the_most_doubted_sampler_to_its_share(strategy):
+    # 40 MD frames of modest σ_F and 10 random clusters the ensemble doubts far more:
+    # by uncertainty alone the clusters take their all; with shares they take 10/50 of the cap
+    rng = np.random.default_rng(0)
+    sigma = np.concatenate([rng.uniform(0.1, 0.3, 40), rng.uniform(1.0, 2.0, 10)])
+    samplers = ["melt_quench"] * 40 + ["random"] * 10
+    elements, hashes, _ = plain(50)
+    descriptors = rng.normal(size=(50, 4))
+    pooled = SelectionConfig(strategy=strategy, lo=0.05, hi=5.0, max_selected=10, near_duplicate_relative=0)
+    shared = pooled.model_copy(update={"per_sampler_share": True})
+    without = select_arrays(sigma, elements, hashes, descriptors, pooled, samplers=samplers, seed=1)
+    within = select_arrays(sigma, elements, hashes, descriptors, shared, samplers=samplers, seed=1)
+    assert Counter(samplers[i] for i in within.selected) == {"melt_quench": 8, "random": 2}
+    if strategy != "weighted":  # a weighted draw may leave the clusters fewer picks by chance
+        assert Counter(samplers[i] for i in without.selected)["random"] > 2
+    assert len(within.selected) == 10 and all(within.decisions[i].selected_as == "candidate" for i in within.selected)
+    dropped = [d for i, d in enumerate(within.decisions) if i not in within.selected]
+    assert all(d.reason == "over-cap" for d in dropped)
+    # within its share each sampler's picks are what the strategy picks from its frames alone
+    for rows, quota in ((np.arange(40), 8), (np.arange(40, 50), 2)):
+        alone = pooled.model_copy(update={"max_selected": quota})
+        by_itself = select_arrays(
+            sigma[rows], [elements[i] for i in rows], [hashes[i] for i in rows], descriptors[rows], alone, seed=1
+        )
+        assert sorted(rows[by_itself.selected]) == sorted(i for i in within.selected if i in rows)
+
+
+def test_per_sampler_share_reads_the_sampler_from_the_frames_provenance():
+    frames = []
+    for i in range(12):
+        atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + 0.02 * i]])
+        atoms.info["sigma_f"] = 2.0 if i < 4 else 0.2
+        atoms.info["provenance"] = {"sampler": "random" if i < 4 else "melt_quench"}
+        frames.append(atoms)
+    config = SelectionConfig(strategy="representative", lo=0.05, hi=5.0, max_selected=3, per_sampler_share=True)
+    result = select_frames(frames, config, seed=0)
+    assert sorted(frames[i].info["provenance"]["sampler"] for i in result.selected) == [
+        "melt_quench",
+        "melt_quench",
+        "random",
+    ]
+    with pytest.raises(ValueError, match="sampler names"):
+        select_arrays(np.full(3, 0.2), *plain(3), config, samplers=["a"])
+
+
+def test_per_sampler_share_counts_the_frames_the_trust_window_calls_failed():
+    # 20 random clusters, 15 of them above hi: random picks would give them 20/100 of the cap,
+    # and so does the share, from the 5 that may be labelled
+    sigma = np.concatenate([np.full(80, 0.2), np.full(5, 1.0), np.full(15, 9.0)])
+    samplers = ["melt-quench"] * 80 + ["random"] * 20
+    rng = np.random.default_rng(2)
+    elements, hashes, _ = plain(100)
+    config = SelectionConfig(strategy="representative", lo=0.05, hi=3.0, max_selected=10, per_sampler_share=True)
+    result = select_arrays(sigma, elements, hashes, rng.normal(size=(100, 3)), config, samplers=samplers)
+    assert Counter(samplers[i] for i in result.selected) == {"melt-quench": 8, "random": 2}
+    assert all(sigma[i] < 3.0 for i in result.selected)
