@@ -45,7 +45,10 @@ how many sane, new frames each made (:func:`sampler_quotas`: the share random pi
 gives them on average), and each share is picked by the strategy among that sampler's
 eligible frames. The ensemble doubts random structures far more than MD frames (they lie far
 from anything labelled), so that without shares they can take most of every batch by
-uncertainty alone, whatever the MD the model will be used for needs.
+uncertainty alone, whatever the MD the model will be used for needs. ``sampler_strategy``
+names another strategy for a sampler's share: ``{random: random}`` draws the random
+structures' share at random from all their sane, new frames (as ``strategy: random``
+does) and keeps ensemble disagreement for the rest.
 
 All functions are pure: frames or arrays in, a :class:`SelectionResult` out, with one
 :class:`FrameDecision` per input frame and the per-element ledger.
@@ -107,6 +110,11 @@ class SelectionConfig(BaseModel):
         "sane, new frames (sampler_quotas), each share picked by the strategy among that sampler's eligible frames; "
         "strategy random ignores it (it draws from every frame alike)",
     )
+    sampler_strategy: dict[str, Literal["uncertainty", "random", "weighted", "representative"]] = Field(
+        default_factory=dict,
+        description="with per_sampler_share: the strategy of a named sampler's share instead of strategy (e.g. "
+        "{random: random}: the random structures' share drawn at random from all their sane, new frames)",
+    )
     adaptive: bool = Field(False, description="derive lo/hi from quantiles of recent σ_F history")
     calibrated: bool = Field(
         False,
@@ -143,6 +151,8 @@ class SelectionConfig(BaseModel):
         if self.lo >= self.hi:
             raise ValueError(f"lo ({self.lo}) must be below hi ({self.hi})")
         _check_energy_window(self.e_lo, self.e_hi, ValueError)
+        if self.sampler_strategy and not self.per_sampler_share:
+            raise ValueError("sampler_strategy needs per_sampler_share: true")
         for name in ("lo_bounds", "hi_bounds"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
@@ -1028,13 +1038,28 @@ def select_arrays(
         priority = uncertainty_score(sigma, thresholds.lo, sigma_e=sigma_e, e_lo=thresholds.e_lo)
         if config.per_sampler_share and samplers is not None:
             sane = [i for i, d in enumerate(decisions) if _sane_and_new(i, d, problems, known, duplicate_of)]
-            shares = sampler_quotas(
-                [samplers[i] for i in sane], config.max_selected, eligible=[samplers[i] for i in eligible]
-            )
+            # a share drawn at random draws, like strategy random, from every sane, new frame
+            at_random = {name for name, strategy in config.sampler_strategy.items() if strategy == "random"}
+            pickable = set(eligible)  # the eligible frames are sane and new
+            pools: dict[str, list[int]] = {}
+            for i in sane:
+                if samplers[i] in at_random or i in pickable:
+                    pools.setdefault(samplers[i], []).append(i)
+            room = [name for name, rows in pools.items() for _ in rows]
+            shares = sampler_quotas([samplers[i] for i in sane], config.max_selected, eligible=room)
             selected = []
             for sampler, quota in shares.items():
-                rows = [i for i in eligible if samplers[i] == sampler]
-                selected += _pick_by_strategy(rows, quota, priority, descriptors, element_sets, decisions, config, seed)
+                strategy = config.sampler_strategy.get(sampler, config.strategy)
+                if strategy == "random":
+                    selected += _pick_random(pools[sampler], decisions, quota, seed)
+                    continue
+                own = config if strategy == config.strategy else config.model_copy(update={"strategy": strategy})
+                selected += _pick_by_strategy(
+                    pools[sampler], quota, priority, descriptors, element_sets, decisions, own, seed
+                )
+            for i in pickable - set(selected):  # a sampler whose share rounded to none
+                if decisions[i].reason is None:
+                    _drop(decisions[i], "over-cap", f"no share of the cap of {config.max_selected} for {samplers[i]}")
             finite = _finite_priority(priority)
             selected.sort(key=lambda i: (-finite[i], i))
         else:

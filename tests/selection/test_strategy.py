@@ -297,3 +297,39 @@ def test_per_sampler_share_counts_the_frames_the_trust_window_calls_failed():
     result = select_arrays(sigma, elements, hashes, rng.normal(size=(100, 3)), config, samplers=samplers)
     assert Counter(samplers[i] for i in result.selected) == {"melt-quench": 8, "random": 2}
     assert all(sigma[i] < 3.0 for i in result.selected)
+    # a sampler whose share rounds to nothing: its frames are dropped over the cap, with a reason
+    few = ["melt-quench"] * 99 + ["random"]
+    result = select_arrays(np.full(100, 0.2), elements, hashes, rng.normal(size=(100, 3)), config, samplers=few)
+    assert few[99] not in {few[i] for i in result.selected} and result.decisions[99].reason == "over-cap"
+    assert all(d.reason == "over-cap" for i, d in enumerate(result.decisions) if i not in result.selected)
+
+
+def test_sampler_strategy_draws_a_named_samplers_share_at_random_from_all_its_sane_frames():
+    # MD frames by disagreement; the random clusters' share drawn at random, failed ones too
+    sigma = np.concatenate([np.linspace(0.1, 0.3, 80), np.full(5, 1.0), np.full(15, 9.0)])
+    samplers = ["melt-quench"] * 80 + ["random"] * 20
+    elements, hashes, _ = plain(100)
+    descriptors = np.random.default_rng(3).normal(size=(100, 3))
+    config = SelectionConfig(
+        strategy="representative",
+        lo=0.05,
+        hi=3.0,
+        max_selected=10,
+        per_sampler_share=True,
+        sampler_strategy={"random": "random"},
+    )
+    drawn = Counter()
+    for seed in range(40):
+        result = select_arrays(sigma, elements, hashes, descriptors, config, samplers=samplers, seed=seed)
+        assert Counter(samplers[i] for i in result.selected) == {"melt-quench": 8, "random": 2}
+        md = [i for i in result.selected if samplers[i] == "melt-quench"]
+        alone = config.model_copy(update={"max_selected": 8, "per_sampler_share": False, "sampler_strategy": {}})
+        assert sorted(md) == sorted(select_arrays(sigma[:80], elements[:80], hashes[:80], descriptors[:80], alone,
+                                                  seed=seed).selected)  # fmt: skip
+        drawn.update("failed" if sigma[i] >= 3.0 else "candidate" for i in result.selected if samplers[i] == "random")
+    # uniform over the 20 clusters: three quarters of the draws are frames above hi
+    assert 0.6 < drawn["failed"] / sum(drawn.values()) < 0.9, drawn
+    with pytest.raises(ValidationError, match="per_sampler_share"):
+        SelectionConfig(sampler_strategy={"random": "random"})
+    with pytest.raises(ValidationError):
+        SelectionConfig(per_sampler_share=True, sampler_strategy={"random": "greedy"})
