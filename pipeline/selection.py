@@ -79,6 +79,10 @@ CLASSES = ("accurate", "candidate", "failed", "unscored")
 DROP_REASONS = ("geometry", "duplicate-known", "duplicate-batch", "near-duplicate", "over-cap")
 
 
+#: How the cap is picked from the eligible frames (see the module docstring).
+Strategy = Literal["uncertainty", "random", "weighted", "representative"]
+
+
 class SelectionConfig(BaseModel):
     """Trust windows and picking rules (σ_F values in eV/Å, σ_E values in eV/atom).
 
@@ -89,7 +93,7 @@ class SelectionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: Literal["uncertainty", "random", "weighted", "representative"] = Field(
+    strategy: Strategy = Field(
         "uncertainty",
         description="uncertainty: trust window, near-duplicates out, farthest points up to the cap; "
         "random: the cap drawn at random from every sane, new explored frame (the passive baseline); "
@@ -110,7 +114,7 @@ class SelectionConfig(BaseModel):
         "sane, new frames (sampler_quotas), each share picked by the strategy among that sampler's eligible frames; "
         "strategy random ignores it (it draws from every frame alike)",
     )
-    sampler_strategy: dict[str, Literal["uncertainty", "random", "weighted", "representative"]] = Field(
+    sampler_strategy: dict[str, Strategy] = Field(
         default_factory=dict,
         description="with per_sampler_share: the strategy of a named sampler's share instead of strategy (e.g. "
         "{random: random}: the random structures' share drawn at random from all their sane, new frames)",
