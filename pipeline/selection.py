@@ -957,12 +957,11 @@ def sampler_quotas(samplers: Sequence[str], cap: int, eligible: Sequence[str] | 
     for sampler in samplers if eligible is None else eligible:
         room[sampler] = room.get(sampler, 0) + 1
     quotas = dict.fromkeys(room, 0)
-    left = min(max(int(cap), 0), sum(room.values()))
-    while left > 0:
+    target = min(max(int(cap), 0), sum(room.values()))
+    while (left := target - sum(quotas.values())) > 0:
         open_weights = {s: weights.get(s, 0) or 1 for s in room if quotas[s] < room[s]}
         for s, extra in _largest_remainder(open_weights, left).items():
             quotas[s] += min(extra, room[s] - quotas[s])
-        left = min(max(int(cap), 0), sum(room.values())) - sum(quotas.values())
     return {s: q for s, q in quotas.items() if q > 0}
 
 
@@ -976,7 +975,9 @@ def _pick_by_strategy(
     config: SelectionConfig,
     seed: int,
 ) -> list[int]:
-    """Up to ``cap`` of ``eligible`` by ``config.strategy`` (not random); the rest are dropped as over the cap."""
+    """Up to ``cap`` of ``eligible`` by ``config.strategy``; the rest are dropped as over the cap."""
+    if config.strategy == "random":
+        return _pick_random(eligible, decisions, cap, seed)
     if config.strategy == "weighted":
         return _pick_weighted(eligible, priority, decisions, cap, seed)
     if config.strategy == "representative":
@@ -1054,9 +1055,6 @@ def select_arrays(
             selected = []
             for sampler, quota in shares.items():
                 strategy = config.sampler_strategy.get(sampler, config.strategy)
-                if strategy == "random":
-                    selected += _pick_random(pools[sampler], decisions, quota, seed)
-                    continue
                 own = config if strategy == config.strategy else config.model_copy(update={"strategy": strategy})
                 selected += _pick_by_strategy(
                     pools[sampler], quota, priority, descriptors, element_sets, decisions, own, seed
