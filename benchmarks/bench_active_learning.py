@@ -46,7 +46,9 @@ Langevin runs (``samplers.batched_md``, the exploration's integrator) from oracl
 starts over several temperatures; a run is stable when no pair comes closer than
 ``min_covalent_ratio`` × the covalent-radius sum, nothing becomes NaN, the kinetic
 temperature stays below 3 T + 2000 K and the potential energy per atom stays within
-``max_drift`` of its start. The oracle runs the same protocol (same starts, same random
+``max_drift`` of its start; with ``bond_factor`` (xtb) a run also counts whether its last
+frame keeps the start's bonds, since a model that tears a molecule apart or fuses two atoms
+can pass every check above. The oracle runs the same protocol (same starts, same random
 streams) as the reference.
 
     python benchmarks/bench_active_learning.py --labeller ase        # EMT alloys, 3 arms + test-recipe x 5 seeds, ~50 min on 2 cores
@@ -288,7 +290,8 @@ XTB = Profile(
         "md": {
             "starts": XTB_MOLECULES,
             "temperatures": [300, 600, 1000, 1500],
-            "trajectories": 38,
+            # one trajectory per seed molecule (38 in ASE's G2 collection)
+            "trajectories": len(known_molecules(XTB_ELEMENTS, XTB_MOLECULES["min_atoms"], XTB_MOLECULES["max_atoms"])),
             **XTB_MOLECULE_MD,
         },
         "random": {"params": XTB_CLUSTERS, "count": 100},
@@ -296,7 +299,8 @@ XTB = Profile(
             "description": "the G2 molecules of 7-9 atoms (the arms explore 3-6) at 600 K",
             "starts": {**XTB_MOLECULES, "min_atoms": 7, "max_atoms": 9},
             "temperatures": [600],
-            "trajectories": 21,
+            # one trajectory per molecule of 7-9 atoms (21 in G2)
+            "trajectories": len(known_molecules(XTB_ELEMENTS, 7, 9)),
             **XTB_MOLECULE_MD,
         },
     },
@@ -305,12 +309,13 @@ XTB = Profile(
         "starts": XTB_MOLECULES,
         "temperatures": [300, 700, 1000, 1500],
         "runs_per_temperature": 5,
-        "steps": 1000,
+        "steps": 4000,
         "timestep_fs": 0.5,
         "friction_per_fs": 0.02,
-        "interval": 10,
+        "interval": 40,
         "min_covalent_ratio": 0.5,
         "max_drift_ev_per_atom": 1.0,
+        "bond_factor": 1.25,
     },
     seed_set={
         "description": "the molecules of ASE's G2 collection made of H, C, N and O with 2-6 atoms "
@@ -703,8 +708,8 @@ def run_stability(evaluator, profile: Profile, starts: list) -> dict:
         except Exception as exc:  # noqa: BLE001 - e.g. an oracle SCF failure: every run of the batch counts as failed
             runs += [{"temperature": temperature, "stable": False, "reason": f"error: {exc}"[:200]} for _ in batch]
             continue
-        for trajectory in trajectories:
-            runs.append(judge_run(trajectory, temperature, spec))
+        for start, trajectory in zip(batch, trajectories):
+            runs.append(judge_run(trajectory, temperature, spec, start))
     stable = [r["stable"] for r in runs]
     by_temperature = {}
     for temperature in spec["temperatures"]:
@@ -713,10 +718,12 @@ def run_stability(evaluator, profile: Profile, starts: list) -> dict:
     reasons: dict[str, int] = {}
     for run in runs:
         reasons[run["reason"].split(":")[0]] = reasons.get(run["reason"].split(":")[0], 0) + 1
+    kept = [bool(r.get("bonds_kept")) for r in runs] if "bond_factor" in spec else []
     return {
         "runs": len(runs),
         "stable": int(sum(stable)),
         "stable_fraction": float(np.mean(stable)) if stable else float("nan"),
+        "bonds_kept_fraction": float(np.mean(kept)) if kept else None,
         "by_temperature": by_temperature,
         "reasons": reasons,
         "seconds": time.perf_counter() - started,
@@ -724,7 +731,12 @@ def run_stability(evaluator, profile: Profile, starts: list) -> dict:
     }
 
 
-def judge_run(trajectory, temperature: float, spec: dict) -> dict:
+def judge_run(trajectory, temperature: float, spec: dict, start) -> dict:
+    """Whether one NVT run stayed physical and, with ``spec['bond_factor']``, whether its last
+    frame has the start's bonds (no bond broken or formed): a molecule the model tears apart
+    or fuses stays "physical" by the distance and drift checks, yet is not what the oracle does."""
+    from pipeline.atoms import bonded
+
     frames = list(trajectory.frames)
     stop = trajectory.stop
     record: dict[str, Any] = {
@@ -733,7 +745,11 @@ def judge_run(trajectory, temperature: float, spec: dict) -> dict:
         "frames": len(frames),
         "atoms": len(frames[0]) if frames else None,
     }
-    if stop is None or stop.reason != "completed":
+    completed = stop is not None and stop.reason == "completed"
+    if "bond_factor" in spec:
+        factor = spec["bond_factor"]
+        record["bonds_kept"] = completed and bool(np.array_equal(bonded(frames[-1], factor), bonded(start, factor)))
+    if not completed:
         record.update(stable=False, reason=f"unphysical: {stop.detail if stop else 'no stop record'}"[:200])
         return record
     n = len(frames[0])
@@ -1131,10 +1147,13 @@ def stability_summary(runs: list[dict], arm: str) -> dict:
     if not chosen:
         return {}
     fractions = [s["stable_fraction"] for s in chosen]
+    kept = [s["bonds_kept_fraction"] for s in chosen if s.get("bonds_kept_fraction") is not None]
     return {
         "stable_fraction_mean": float(np.mean(fractions)),
         "stable_fraction_std": float(np.std(fractions)),
         "stable_fraction_per_seed": fractions,
+        "bonds_kept_fraction_mean": float(np.mean(kept)) if kept else None,
+        "bonds_kept_fraction_std": float(np.std(kept)) if kept else None,
         "runs_per_seed": chosen[0]["runs"],
     }
 
@@ -1165,7 +1184,8 @@ def summarize(runs: list[dict], arms: list[str], sets: list[str], oracle: dict) 
     summary["labels_per_model"] = {arm: list(g) for arm, g in zip(summary["arms"], grids)}
     summary["labels_equal_across_arms"] = len(set(grids)) == 1
     summary["oracle_stability"] = {
-        k: oracle.get(k) for k in ("runs", "stable", "stable_fraction", "by_temperature", "reasons")
+        k: oracle.get(k)
+        for k in ("runs", "stable", "stable_fraction", "bonds_kept_fraction", "by_temperature", "reasons")
     }
     reference = "random-pick"
     summary["label_fraction"] = {
@@ -1270,9 +1290,16 @@ def write_markdown(path: Path, result: dict) -> None:
         "",
         "## Final models (mean ± std over seeds)",
         "",
-        "| arm | labels | in-domain force MAE eV/Å | in-domain energy MAE meV/atom | OOD force MAE eV/Å | MD stable |",
-        "|---|---|---|---|---|---|",
+        "| arm | labels | in-domain force MAE eV/Å | in-domain energy MAE meV/atom | OOD force MAE eV/Å | MD stable "
+        "| bonds kept |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def share(mean, std=None) -> str:
+        if mean is None:
+            return "-"
+        return f"{mean:.0%}" + ("" if std is None else f" ± {std:.0%}")
+
     for arm, data in s["arms"].items():
         f, e = data["force_mae"]["in_domain"], data["energy_mae_per_atom"]["in_domain"]
         o = data["force_mae"].get("ood") or {}
@@ -1281,12 +1308,14 @@ def write_markdown(path: Path, result: dict) -> None:
             f"| {_arm_title(arm)} | {f['labels'][-1]:.0f} | {_fmt(f['mean'][-1], f['std'][-1])} | "
             f"{_fmt(e['mean'][-1] * 1000, e['std'][-1] * 1000, 1)} | "
             + (f"{_fmt(o['mean'][-1], o['std'][-1])}" if o else "-")
-            + " | "
-            + (f"{st['stable_fraction_mean']:.0%} ± {st['stable_fraction_std']:.0%}" if st else "-")
-            + " |"
+            + f" | {share(st.get('stable_fraction_mean'), st.get('stable_fraction_std'))}"
+            + f" | {share(st.get('bonds_kept_fraction_mean'), st.get('bonds_kept_fraction_std'))} |"
         )
-    oracle = s["oracle_stability"].get("stable_fraction")
-    lines.append(f"| oracle (reference) | - | 0 | 0 | 0 | {'-' if oracle is None else f'{oracle:.0%}'} |")
+    oracle = s["oracle_stability"]
+    lines.append(
+        f"| oracle (reference) | - | 0 | 0 | 0 | {share(oracle.get('stable_fraction'))} "
+        f"| {share(oracle.get('bonds_kept_fraction'))} |"
+    )
     lines += ["", "## Labels needed (force MAE, in-domain test sets)", ""]
     for arm, frac in s["label_fraction"].items():
         if not frac:
@@ -1414,7 +1443,14 @@ def _settings_paragraph(result: dict) -> str:
         f"{in_domain} (each set counts once). MD stability: {runs} NVT runs per final model "
         f"({stability['runs_per_temperature']} each at {', '.join(str(t) for t in stability['temperatures'])} K), "
         f"{stability['steps']} steps of {stability['timestep_fs']} fs = {stability['steps'] * stability['timestep_fs'] / 1000:g} ps "
-        "each: scaled down from the few ps × 20 runs one would want, to fit 2 cores." + _seed_set_sentence(result)
+        "each"
+        + (
+            f"; 'bonds kept': the last frame has the start's bonds (closer than {stability['bond_factor']} × the "
+            "covalent-radius sum), none broken or formed."
+            if "bond_factor" in stability
+            else "."
+        )
+        + _seed_set_sentence(result)
     )
 
 
@@ -1477,14 +1513,23 @@ def write_plot(path: Path, result: dict) -> Optional[str]:
     def number(value, default):
         return default if value is None else float(value)
 
-    values = [number(s["arms"][a]["stability"].get("stable_fraction_mean"), np.nan) for a in s["arms"]]
-    errors = [number(s["arms"][a]["stability"].get("stable_fraction_std"), 0.0) for a in s["arms"]]
-    values.append(number(s["oracle_stability"].get("stable_fraction"), np.nan))
-    errors.append(0.0)
-    ax.bar(range(len(names)), values, yerr=errors, color=[f"C{i}" for i in range(len(names) - 1)] + ["grey"])
+    measures = [("stable_fraction", "stay physical")]
+    if any(s["arms"][a]["stability"].get("bonds_kept_fraction_mean") is not None for a in s["arms"]):
+        measures.append(("bonds_kept_fraction", "keep their bonds"))
+    width = 0.8 / len(measures)
+    for k, (key, title) in enumerate(measures):
+        values = [number(s["arms"][a]["stability"].get(f"{key}_mean"), np.nan) for a in s["arms"]]
+        errors = [number(s["arms"][a]["stability"].get(f"{key}_std"), 0.0) for a in s["arms"]]
+        values.append(number(s["oracle_stability"].get(key), np.nan))
+        errors.append(0.0)
+        x = np.arange(len(names)) + (k - (len(measures) - 1) / 2) * width
+        colours = [f"C{i}" for i in range(len(names) - 1)] + ["grey"]
+        ax.bar(x, values, width, yerr=errors, color=colours, hatch="//" if k else None, label=title)
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_title("final model: share of NVT runs that stay physical", fontsize=9)
+    if len(measures) > 1:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("final model: share of NVT runs that " + " / ".join(t for _, t in measures), fontsize=9)
     fig.suptitle(
         f"bench_active_learning ({result['profile']['name']}): {result['settings']['budget']} labels/generation"
     )

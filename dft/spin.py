@@ -47,8 +47,10 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 from ase import Atoms
-from ase.data import covalent_radii, ground_state_magnetic_moments
+from ase.data import ground_state_magnetic_moments
 from ase.units import Hartree
+
+from pipeline.atoms import bonded
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +179,7 @@ def fragments(atoms: Atoms) -> np.ndarray:
     n = len(atoms)
     if n < 2:
         return np.zeros(n, dtype=int)
-    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
-    radii = covalent_radii[atoms.numbers]
-    bonded = distances < BOND_FACTOR * (radii[:, None] + radii[None, :])
-    np.fill_diagonal(bonded, False)
-    i, j = np.nonzero(bonded)
+    i, j = np.nonzero(bonded(atoms, BOND_FACTOR))
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
 

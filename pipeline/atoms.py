@@ -48,6 +48,18 @@ def numbers_problem(numbers: np.ndarray) -> str | None:
     return None
 
 
+def bonded(atoms: Atoms, factor: float) -> np.ndarray:
+    """Bond matrix: atoms closer than ``factor`` × their covalent radii sum (minimum image
+    in periodic cells), without the diagonal."""
+    if len(atoms) < 2:
+        return np.zeros((len(atoms), len(atoms)), dtype=bool)
+    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    radii = covalent_radii[atoms.numbers]
+    matrix = distances < factor * (radii[:, None] + radii[None, :])
+    np.fill_diagonal(matrix, False)
+    return matrix
+
+
 def min_distance_ratio(atoms: Atoms) -> tuple[float, float]:
     """Smallest interatomic distance (Å) and smallest distance / (r_cov,i + r_cov,j).
 

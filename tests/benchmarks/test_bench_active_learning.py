@@ -120,6 +120,10 @@ def test_stability_and_label_fraction_are_reported(short_run):
         stability = run["stability"]
         assert stability["runs"] == runs and 0 <= stability["stable"] <= runs
         assert all(d["reason"] for d in stability["details"])
+        kept = [d["bonds_kept"] for d in stability["details"]]  # the xtb protocol judges bonds too
+        assert stability["bonds_kept_fraction"] == pytest.approx(sum(kept) / runs)
+        assert not any(k and not d["stable"] for k, d in zip(kept, stability["details"]))
+    assert result["summary"]["arms"]["selfplay"]["stability"]["bonds_kept_fraction_mean"] is not None
     md_sets = sorted(n for n in result["test_sets"] if n.startswith("md_"))
     for model in result["runs"][0]["models"]:
         errors = model["errors"]
