@@ -604,10 +604,18 @@ def _batch_duplicates(hashes: Sequence[str]) -> dict[int, int]:
     return duplicate_of
 
 
-def _sane_and_new(
+def _filtered_out(
     i: int, decision: FrameDecision, problems: Sequence[str | None], known: Collection[str], duplicate_of: dict
-) -> bool:
-    return problems[i] is None and decision.hash not in known and i not in duplicate_of
+) -> tuple[str, str] | None:
+    """Why frame ``i`` may not be labelled (drop reason and detail: a geometry problem, a
+    content hash already stored or seen earlier in the batch), or None for a sane, new frame."""
+    if problems[i] is not None:
+        return "geometry", problems[i]
+    if decision.hash in known:
+        return "duplicate-known", "frame already in the database"
+    if i in duplicate_of:
+        return "duplicate-batch", f"same content hash as frame {duplicate_of[i]}"
+    return None
 
 
 def _eligible(
@@ -623,14 +631,11 @@ def _eligible(
     for i, decision in enumerate(decisions):
         if decision.cls not in classes:
             continue
-        if problems[i] is not None:
-            _drop(decision, "geometry", problems[i])
-        elif decision.hash in known:
-            _drop(decision, "duplicate-known", "frame already in the database")
-        elif i in duplicate_of:
-            _drop(decision, "duplicate-batch", f"same content hash as frame {duplicate_of[i]}")
-        else:
+        reason = _filtered_out(i, decision, problems, known, duplicate_of)
+        if reason is None:
             eligible.append(i)
+        else:
+            _drop(decision, *reason)
     return eligible
 
 
@@ -859,11 +864,7 @@ def _pick_sentinels(
     accurate = [
         i
         for i, d in enumerate(decisions)
-        if d.cls == "accurate"
-        and d.selected_as is None
-        and problems[i] is None
-        and d.hash not in known
-        and i not in duplicate_of
+        if d.cls == "accurate" and d.selected_as is None and _filtered_out(i, d, problems, known, duplicate_of) is None
     ]
     if not count or not accurate:
         return []
@@ -1042,7 +1043,7 @@ def select_arrays(
         eligible = _eligible(decisions, problems, known, duplicate_of)
         priority = uncertainty_score(sigma, thresholds.lo, sigma_e=sigma_e, e_lo=thresholds.e_lo)
         if config.per_sampler_share and samplers is not None:
-            sane = [i for i, d in enumerate(decisions) if _sane_and_new(i, d, problems, known, duplicate_of)]
+            sane = [i for i, d in enumerate(decisions) if _filtered_out(i, d, problems, known, duplicate_of) is None]
             # a share drawn at random draws, like strategy random, from every sane, new frame
             at_random = {name for name, strategy in config.sampler_strategy.items() if strategy == "random"}
             pickable = set(eligible)  # the eligible frames are sane and new
