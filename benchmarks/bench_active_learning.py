@@ -1815,6 +1815,8 @@ def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
         "budget": args.budget,
         "quick": args.quick,
         "config": deep_merge(yaml.safe_load(get_profile(args.labeller, args.quick).config_yaml), args.common_overrides),
+        # a run judged by another MD stability protocol is not comparable
+        "stability": None if args.no_stability else get_profile(args.labeller, args.quick).stability,
     }
     theirs = {
         "labeller": earlier["profile"]["name"],
@@ -1822,7 +1824,8 @@ def reusable_runs(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
         "config": deep_merge(
             yaml.safe_load(earlier["profile"]["config_yaml"]), earlier["settings"].get("common_overrides") or {}
         ),
-        **{k: earlier["settings"].get(k) for k in mine if k not in ("labeller", "config", "seed_set")},
+        "stability": earlier["profile"]["stability"] if earlier["settings"].get("stability") else None,
+        **{k: earlier["settings"].get(k) for k in mine if k not in ("labeller", "config", "seed_set", "stability")},
     }
     if mine != theirs:
         differ = sorted(k for k in mine if mine[k] != theirs[k])

@@ -205,6 +205,13 @@ def test_reuse_takes_finished_runs_and_refuses_other_settings(short_run):
         bench.main(other)
     with pytest.raises(SystemExit, match="seed_set"):  # runs from a seeded store are not an empty store's
         bench.main(redo + ["--no-seed-set"])
+    with pytest.raises(SystemExit, match="stability"):  # runs judged without MD stability
+        bench.main(redo + ["--no-stability"])
+    edited = json.loads(out.read_text())
+    edited["profile"]["stability"]["steps"] += 1  # an earlier, shorter protocol
+    (tmp / "shorter.json").write_text(json.dumps(edited))
+    with pytest.raises(SystemExit, match="stability"):
+        bench.main([*redo[:-1], str(tmp / "shorter.json")])
 
 
 def test_seed_set_is_the_labellers_numbers(short_run):
