@@ -158,6 +158,18 @@ def test_periodic_frame_with_cell_shorter_than_bond_is_rejected():
         check_atoms(tiny)
 
 
+def test_bond_matrix_uses_the_minimum_image_in_cells():
+    from pipeline.atoms import bonded
+
+    pair = Atoms("H2", positions=[[0.1, 0, 0], [9.4, 0, 0]], cell=[10, 10, 10])
+    assert not bonded(pair, 1.25).any()  # 9.3 Å apart as a cluster
+    pair.pbc = True
+    assert bonded(pair, 1.25).tolist() == [[False, True], [True, False]]  # 0.7 Å across the face
+    assert bonded(Atoms("H"), 1.25).shape == (1, 1)
+    water = molecule("H2O")
+    assert bonded(water, 1.25).sum() == 4 and not bonded(water, 1.25)[1, 2]  # two O-H, no H-H
+
+
 @pytest.mark.parametrize("symbols", ["C2H6O", "H2O", "NaCl", "CO2", "HBrC", "OHHe", "Fe2O3", "CH4"])
 def test_hill_formula_matches_ase(symbols):
     from pipeline.documents import hill_formula
