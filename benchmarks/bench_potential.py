@@ -107,6 +107,21 @@ def mace_calculator(model, device: str):
     return MACECalculator(model_paths=str(path), device=device, default_dtype="float32")
 
 
+def mace_graph(atoms, table, labelled: bool = False):
+    """MACE's input graph of one structure (its own neighbour list, cutoff 5 Å); with
+    ``labelled`` the EMT energy and forces ride along as training targets."""
+    from mace import data as mace_data
+
+    config = mace_data.config_from_atoms(atoms)
+    if labelled:
+        config.properties = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        config.property_weights = {"energy": 1.0, "forces": 1.0}
+    try:
+        return mace_data.AtomicData.from_config(config, z_table=table, cutoff=5.0)
+    except TypeError:  # versions with multi-head models
+        return mace_data.AtomicData.from_config(config, z_table=table, cutoff=5.0, heads=["Default"])
+
+
 def n_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -166,6 +181,84 @@ def worker_md(case: dict) -> dict:
     return out
 
 
+def worker_batched(case: dict) -> dict:
+    """One step of batched exploration: energy and forces of N structures in one model call
+    per member, as batched MD needs them every step. Ours: ``EnsemblePotential.evaluate``
+    (neighbour lists, one batched call, the members' deviation). MACE: its own batched path,
+    the graphs of all N collated into one ``torch_geometric`` batch and one forward per model
+    (K models for a K-member ensemble), timed with and without building its graphs, so that
+    its model time alone is also reported (MACE's best case: MD moves the atoms, so the graphs
+    must be rebuilt every step)."""
+    import torch
+
+    device = case["device"]
+    frames = [structure(case["n_atoms"], seed=i) for i in range(case["structures"])]
+
+    def timed(step) -> tuple[float, float]:
+        step()  # warm-up: allocator, kernels, first-call specialisation
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
+        while calls < case["min_steps"] or (time.perf_counter() - start < case["min_seconds"] and calls < 1000):
+            step()
+            calls += 1
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / calls, (time.process_time() - cpu_start) / calls
+
+    out = {**case}
+    if case["model"] == "mace":
+        from mace.tools import AtomicNumberTable, torch_geometric
+
+        table = AtomicNumberTable([28, 29])
+        compiled = case.get("compile")
+        build = build_mace
+        if compiled:  # MACE's own compiled inference, as its calculator does with compile_mode
+            from mace.tools.compile import prepare
+
+            build = prepare(build_mace)
+        models = [build([28, 29], [0.0, 0.0], 40.0, device).eval() for _ in range(case["members"])]
+        for model in models:
+            model.requires_grad_(False)
+        if compiled:
+            models = [torch.compile(model, mode=compiled, fullgraph=True) for model in models]
+
+        def collate():
+            graphs = [mace_graph(atoms, table) for atoms in frames]
+            loader = torch_geometric.dataloader.DataLoader(graphs, batch_size=len(graphs), shuffle=False)
+            return next(iter(loader)).to(device).to_dict()
+
+        batch = collate()
+
+        def forward(batch):
+            if compiled:  # the compiled graph differentiates its inputs itself (training=True, as MACE's calculator)
+                batch = {k: v.clone() for k, v in batch.items()}
+                batch["positions"].requires_grad_(True)
+                batch["node_attrs"].requires_grad_(True)
+            for model in models:
+                result = model(batch, training=bool(compiled), compute_force=True)
+                result["forces"].sum().item()  # wait for the numbers, as MD would
+
+        out["model_seconds_per_step"], out["model_cpu_seconds_per_step"] = timed(lambda: forward(batch))
+        out["seconds_per_step"], out["cpu_seconds_per_step"] = timed(lambda: forward(collate()))
+        out["parameters_per_member"] = n_parameters(models[0])
+    else:
+        from potential import build_ensemble
+
+        ensemble = build_ensemble(our_config(), case["members"], seed=0, device=device, avg_num_neighbors=40.0)
+        graphs = ensemble.graphs(frames)
+        out["model_seconds_per_step"], out["model_cpu_seconds_per_step"] = timed(
+            lambda: ensemble._evaluate_graphs(graphs, False)
+        )
+        out["seconds_per_step"], out["cpu_seconds_per_step"] = timed(lambda: ensemble.evaluate(frames, stress=False))
+        out["parameters_per_member"] = n_parameters(ensemble) // case["members"]
+    out["frames_per_second"] = case["structures"] / out["seconds_per_step"]
+    out["atom_steps_per_second"] = case["structures"] * case["n_atoms"] / out["seconds_per_step"]
+    out["peak_rss_mib"] = peak_rss_mib()
+    return out
+
+
 def emt_data(seed: int, n_frames: int):
     from potential.reference_data import emt_frames
 
@@ -218,7 +311,6 @@ def worker_train_mace(case: dict) -> dict:
     """A plain MACE training loop with the same loss, optimiser and budget as ours."""
     import numpy as np
     import torch
-    from mace import data as mace_data
     from mace.tools import AtomicNumberTable, torch_geometric
 
     from potential.data import fit_element_refs
@@ -229,16 +321,7 @@ def worker_train_mace(case: dict) -> dict:
     table = AtomicNumberTable(zs)
     refs = fit_element_refs([a.numbers for a in train], np.array([a.get_potential_energy() for a in train]), 84)
 
-    def to_data(atoms):
-        config = mace_data.config_from_atoms(atoms)
-        config.properties = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
-        config.property_weights = {"energy": 1.0, "forces": 1.0}
-        try:
-            return mace_data.AtomicData.from_config(config, z_table=table, cutoff=5.0)
-        except TypeError:
-            return mace_data.AtomicData.from_config(config, z_table=table, cutoff=5.0, heads=["Default"])
-
-    train_data = [to_data(a) for a in train]
+    train_data = [mace_graph(a, table, labelled=True) for a in train]
     neighbours = np.mean([d.edge_index.shape[1] / d.num_nodes for d in train_data])
     model = build_mace(zs, [refs[z] for z in zs], float(neighbours), device)
     loader = torch_geometric.dataloader.DataLoader(train_data, batch_size=4, shuffle=True, drop_last=False)
@@ -276,7 +359,12 @@ def worker_train_mace(case: dict) -> dict:
     }
 
 
-WORKERS = {"md": worker_md, "train_ours": worker_train_ours, "train_mace": worker_train_mace}
+WORKERS = {
+    "md": worker_md,
+    "batched": worker_batched,
+    "train_ours": worker_train_ours,
+    "train_mace": worker_train_mace,
+}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -340,13 +428,16 @@ def render_markdown(report: dict) -> str:
         f"load average at start {env['load_average_start']}, at end {env.get('load_average_end')}",
         f"python {env['python']}, torch {env['torch']}, ase {env['ase']}, vesin {env['vesin']}, "
         f"mace {env.get('mace')}, e3nn {env.get('e3nn', '-')}",
-        "",
-        "## MD throughput (VelocityVerlet through the ASE calculator, energy + forces + neighbour list)",
-        "",
-        "| model | members | params/member | atoms | s/step | atom-steps/s | cost vs 1 member "
-        "| CPU s/step | CPU cost vs 1 member | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if report["md"]:
+        lines += [
+            "",
+            "## MD throughput (VelocityVerlet through the ASE calculator, energy + forces + neighbour list)",
+            "",
+            "| model | members | params/member | atoms | s/step | atom-steps/s | cost vs 1 member "
+            "| CPU s/step | CPU cost vs 1 member | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for r in report["md"]:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['members']} | | {r['n_atoms']} | error: {r['error']} | | | | | |")
@@ -360,6 +451,32 @@ def render_markdown(report: dict) -> str:
             f"{'' if rel is None else f'{rel:.2f}'} | {'' if cpu is None else f'{cpu:.4f}'} | "
             f"{'' if cpu_rel is None else f'{cpu_rel:.2f}'} | {r['peak_rss_mib']:.0f} |"
         )
+    if report.get("batched"):
+        lines += [
+            "",
+            "## Batched exploration step (N structures of 64 atoms, energy + forces, one call per model)",
+            "",
+            "| model | members | structures | s/step | frames/s | atom-steps/s | model only s/step "
+            "| CPU s/step | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["batched"]:
+            if "error" in r:
+                name = r["model"] + (f" (torch.compile {r['compile']})" if r.get("compile") else "")
+                lines.append(f"| {name} | {r['members']} | {r['structures']} | error: {r['error']} | | | | | |")
+                continue
+            name = r["model"] + (f" (torch.compile {r['compile']})" if r.get("compile") else "")
+            lines.append(
+                f"| {name} | {r['members']} | {r['structures']} | {r['seconds_per_step']:.4f} | "
+                f"{r['frames_per_second']:.1f} | {r['atom_steps_per_second']:.0f} | "
+                f"{r['model_seconds_per_step']:.4f} | {r['cpu_seconds_per_step']:.4f} | {r['peak_rss_mib']:.0f} |"
+            )
+        for ratio in batched_ratios(report["batched"]):
+            lines.append(
+                f"\nN = {ratio['structures']}, {ratio['members']} member(s): ours is {ratio['speedup']:.2f}x the fastest "
+                f"MACE step with its graphs built ({ratio['peer']}), {ratio['speedup_model_only']:.2f}x MACE's fastest "
+                "model time alone (ours with its neighbour lists)."
+            )
     if report.get("training"):
         lines += [
             "",
@@ -382,6 +499,35 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def batched_ratios(rows: list[dict]) -> list[dict]:
+    """Ours against MACE per (N, members), from the same run: MACE's full step and its
+    model time alone against our full step (neighbour lists included)."""
+    ratios = []
+    for ours in rows:
+        if ours.get("model") != "ours" or "seconds_per_step" not in ours:
+            continue
+        peers = [
+            r
+            for r in rows
+            if r.get("model") == "mace"
+            and r.get("members") == ours["members"]
+            and r.get("structures") == ours["structures"]
+            and "seconds_per_step" in r
+        ]
+        if peers:  # MACE at its best: the fastest of its modes measured
+            best = min(peers, key=lambda r: r["seconds_per_step"])
+            ratios.append(
+                {
+                    "structures": ours["structures"],
+                    "members": ours["members"],
+                    "peer": "mace" + (f" (torch.compile {best['compile']})" if best.get("compile") else " (eager)"),
+                    "speedup": best["seconds_per_step"] / ours["seconds_per_step"],
+                    "speedup_model_only": min(r["model_seconds_per_step"] for r in peers) / ours["seconds_per_step"],
+                }
+            )
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -392,6 +538,21 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=10.0)
     parser.add_argument("--train-seconds", type=float, default=300.0, help="training budget per model (0: skip)")
     parser.add_argument("--n-train", type=int, default=150)
+    parser.add_argument(
+        "--batched",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also time one batched step of N structures (64-atom cells) per model call, for each N",
+    )
+    parser.add_argument("--only-batched", action="store_true", help="skip the per-structure MD and training cases")
+    parser.add_argument(
+        "--mace-compile",
+        default=None,
+        metavar="MODE",
+        help="also time MACE compiled by torch.compile in this mode (e.g. default) in the batched step",
+    )
     parser.add_argument("--no-mace", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (0: torch's default)")
     parser.add_argument("--timeout", type=float, default=1800.0)
@@ -413,9 +574,29 @@ def main() -> None:
 
     env = environment()
     mace_ok = not args.no_mace and not str(env.get("mace", "")).startswith("not importable")
-    report = {"environment": env, "md": [], "training": []}
+    report = {"environment": env, "md": [], "batched": [], "training": []}
     models = [("ours", 1), ("ours", 4)] + ([("mace", 1)] if mace_ok else [])
-    for n_atoms in args.sizes:
+    for n_structures in args.batched:
+        peers = [("mace", 1, None), ("mace", 4, None)] if mace_ok else []
+        if mace_ok and args.mace_compile:
+            peers += [("mace", 1, args.mace_compile), ("mace", 4, args.mace_compile)]
+        for model, members, compiled in [("ours", 1, None), ("ours", 4, None)] + peers:
+            case = {
+                "worker": "batched",
+                "model": model,
+                "compile": compiled,
+                "members": members,
+                "n_atoms": 64,
+                "structures": n_structures,
+                "device": args.device,
+                "min_steps": args.min_steps,
+                "min_seconds": args.min_seconds,
+                "threads": args.threads,
+            }
+            result = run_case(case, args.timeout)
+            report["batched"].append(result)
+            print(json.dumps(result), flush=True)
+    for n_atoms in [] if args.only_batched else args.sizes:
         for model, members in models:
             case = {
                 "worker": "md",
@@ -449,7 +630,7 @@ def main() -> None:
                     row["cpu_cost_relative_to_one_member"] = (
                         row["cpu_seconds_per_step"] / single["cpu_seconds_per_step"]
                     )
-    if args.train_seconds > 0:
+    if args.train_seconds > 0 and not args.only_batched:
         trainers = [("train_ours", 1), ("train_ours", 4)] + ([("train_mace", 1)] if mace_ok else [])
         for worker, members in trainers:
             case = {
