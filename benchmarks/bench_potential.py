@@ -5,6 +5,9 @@ Measures, on the same machine in one run:
 * MD throughput (atom-steps/s, energy + forces through each package's ASE calculator,
   neighbour list included) for fcc Cu/Ni cells of 64 .. 4096 atoms, for one member,
   a 4-member ensemble, and a MACE model of similar size;
+* with ``--batched N``, one batched exploration step: energy + forces of N 64-atom cells per
+  model call (ours: ``EnsemblePotential.evaluate``; MACE: its ``torch_geometric`` batch, eager
+  and with ``--mace-compile`` compiled), the ratio taken against MACE's fastest mode;
 * the cost of the 4-member ensemble relative to one member;
 * peak memory (resident set size of a fresh worker process per case; on a GPU also
   torch's peak allocated memory);
@@ -184,7 +187,8 @@ def worker_md(case: dict) -> dict:
 def worker_batched(case: dict) -> dict:
     """One step of batched exploration: energy and forces of N structures in one model call
     per member, as batched MD needs them every step. Ours: ``EnsemblePotential.evaluate``
-    (neighbour lists, one batched call, the members' deviation). MACE: its own batched path,
+    (neighbour lists, as few calls as its memory bound allows, the members' deviation); its
+    model time alone is the same call on graphs built once. MACE: its own batched path,
     the graphs of all N collated into one ``torch_geometric`` batch and one forward per model
     (K models for a K-member ensemble), timed with and without building its graphs, so that
     its model time alone is also reported (MACE's best case: MD moves the atoms, so the graphs
