@@ -579,42 +579,31 @@ def main() -> None:
     env = environment()
     mace_ok = not args.no_mace and not str(env.get("mace", "")).startswith("not importable")
     report = {"environment": env, "md": [], "batched": [], "training": []}
+
+    def time_case(worker: str, **case) -> None:
+        """One timing case in its own process, with this run's device, step and thread settings."""
+        case = {
+            "worker": worker,
+            **case,
+            "device": args.device,
+            "min_steps": args.min_steps,
+            "min_seconds": args.min_seconds,
+            "threads": args.threads,
+        }
+        result = run_case(case, args.timeout)
+        report[worker].append(result)
+        print(json.dumps(result), flush=True)
+
     models = [("ours", 1), ("ours", 4)] + ([("mace", 1)] if mace_ok else [])
     for n_structures in args.batched:
         peers = [("mace", 1, None), ("mace", 4, None)] if mace_ok else []
         if mace_ok and args.mace_compile:
             peers += [("mace", 1, args.mace_compile), ("mace", 4, args.mace_compile)]
         for model, members, compiled in [("ours", 1, None), ("ours", 4, None)] + peers:
-            case = {
-                "worker": "batched",
-                "model": model,
-                "compile": compiled,
-                "members": members,
-                "n_atoms": 64,
-                "structures": n_structures,
-                "device": args.device,
-                "min_steps": args.min_steps,
-                "min_seconds": args.min_seconds,
-                "threads": args.threads,
-            }
-            result = run_case(case, args.timeout)
-            report["batched"].append(result)
-            print(json.dumps(result), flush=True)
+            time_case("batched", model=model, compile=compiled, members=members, n_atoms=64, structures=n_structures)
     for n_atoms in [] if args.only_batched else args.sizes:
         for model, members in models:
-            case = {
-                "worker": "md",
-                "model": model,
-                "members": members,
-                "n_atoms": n_atoms,
-                "device": args.device,
-                "min_steps": args.min_steps,
-                "min_seconds": args.min_seconds,
-                "threads": args.threads,
-            }
-            result = run_case(case, args.timeout)
-            report["md"].append(result)
-            print(json.dumps(result), flush=True)
+            time_case("md", model=model, members=members, n_atoms=n_atoms)
     for row in report["md"]:
         if row.get("model") == "ours" and row.get("members") == 4 and "seconds_per_step" in row:
             single = next(
