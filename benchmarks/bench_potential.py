@@ -130,6 +130,26 @@ def n_parameters(model) -> int:
 
 
 # ----------------------------------------------------------------------------- workers
+def time_calls(step, case: dict, max_calls: int) -> tuple[float, float, int]:
+    """Wall and process-CPU seconds per call of ``step`` after two warm-up calls (allocator,
+    kernels, first-call specialisation), over at least ``case['min_steps']`` calls and
+    ``case['min_seconds']`` (at most ``max_calls``); the number of timed calls."""
+    import torch
+
+    cuda = case["device"].startswith("cuda")
+    step()
+    step()
+    if cuda:
+        torch.cuda.synchronize()
+    calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
+    while calls < case["min_steps"] or (time.perf_counter() - start < case["min_seconds"] and calls < max_calls):
+        step()
+        calls += 1
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls, (time.process_time() - cpu_start) / calls, calls
+
+
 def worker_md(case: dict) -> dict:
     import torch
     from ase import units
@@ -157,25 +177,16 @@ def worker_md(case: dict) -> dict:
     rss_before = peak_rss_mib()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    dyn.run(2)  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while steps < case["min_steps"] or (time.perf_counter() - start < case["min_seconds"] and steps < 10_000):
-        dyn.run(1)
-        steps += 1
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    seconds, cpu_seconds, steps = time_calls(lambda: dyn.run(1), case, max_calls=10_000)
     out = {
         **case,
         "parameters_per_member": params,
         "steps": steps,
-        "seconds_per_step": elapsed / steps,
+        "seconds_per_step": seconds,
         # CPU time of this process: on a shared machine less disturbed by other jobs
         # than wall time (with one torch thread it is the work done)
-        "cpu_seconds_per_step": (time.process_time() - cpu_start) / steps,
-        "atom_steps_per_second": case["n_atoms"] * steps / elapsed,
+        "cpu_seconds_per_step": cpu_seconds,
+        "atom_steps_per_second": case["n_atoms"] / seconds,
         "peak_rss_mib": peak_rss_mib(),
         "peak_rss_before_md_mib": rss_before,
     }
@@ -199,17 +210,7 @@ def worker_batched(case: dict) -> dict:
     frames = [structure(case["n_atoms"], seed=i) for i in range(case["structures"])]
 
     def timed(step) -> tuple[float, float]:
-        step()  # warm-up: allocator, kernels, first-call specialisation
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        calls, start, cpu_start = 0, time.perf_counter(), time.process_time()
-        while calls < case["min_steps"] or (time.perf_counter() - start < case["min_seconds"] and calls < 1000):
-            step()
-            calls += 1
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) / calls, (time.process_time() - cpu_start) / calls
+        return time_calls(step, case, max_calls=1000)[:2]
 
     out = {**case}
     if case["model"] == "mace":
@@ -465,11 +466,10 @@ def render_markdown(report: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["batched"]:
+            name = r["model"] + (f" (torch.compile {r['compile']})" if r.get("compile") else "")
             if "error" in r:
-                name = r["model"] + (f" (torch.compile {r['compile']})" if r.get("compile") else "")
                 lines.append(f"| {name} | {r['members']} | {r['structures']} | error: {r['error']} | | | | | |")
                 continue
-            name = r["model"] + (f" (torch.compile {r['compile']})" if r.get("compile") else "")
             lines.append(
                 f"| {name} | {r['members']} | {r['structures']} | {r['seconds_per_step']:.4f} | "
                 f"{r['frames_per_second']:.1f} | {r['atom_steps_per_second']:.0f} | "
