@@ -78,6 +78,7 @@ import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -1098,9 +1099,12 @@ def labels_to_reach(labels: list[float], errors: list[float], target: float) -> 
     return None
 
 
-def label_fraction(runs: list[dict], arm: str, reference: str, test_set: str = "in_domain") -> dict:
-    """Share of ``reference``'s labels ``arm`` needs to reach ``reference``'s final force MAE."""
-    a, b = curves(runs, arm, test_set, "force_mae"), curves(runs, reference, test_set, "force_mae")
+def label_fraction(
+    runs: list[dict], arm: str, reference: str, test_set: str = "in_domain", quantity: str = "force_mae"
+) -> dict:
+    """Share of ``reference``'s labels ``arm`` needs to reach ``reference``'s final error
+    (``quantity``: ``force_mae`` or ``energy_mae_per_atom``) on ``test_set``."""
+    a, b = curves(runs, arm, test_set, quantity), curves(runs, reference, test_set, quantity)
     if not a or not b:
         return {}
     target = b["mean"][-1]
@@ -1111,13 +1115,13 @@ def label_fraction(runs: list[dict], arm: str, reference: str, test_set: str = "
         theirs = [r for r in runs if r["arm"] == reference and r["seed"] == seed]
         if not (mine and theirs and mine[0]["models"] and theirs[0]["models"]):
             continue
-        goal = theirs[0]["models"][-1]["errors"][test_set]["force_mae"]
+        goal = theirs[0]["models"][-1]["errors"][test_set][quantity]
         curve = mine[0]["models"]
-        at = labels_to_reach([m["labels"] for m in curve], [m["errors"][test_set]["force_mae"] for m in curve], goal)
+        at = labels_to_reach([m["labels"] for m in curve], [m["errors"][test_set][quantity] for m in curve], goal)
         per_seed.append(
             {
                 "seed": seed,
-                "target_force_mae": goal,
+                "target": goal,
                 "labels": at,
                 "fraction": None if at is None else at / theirs[0]["models"][-1]["labels"],
             }
@@ -1127,7 +1131,8 @@ def label_fraction(runs: list[dict], arm: str, reference: str, test_set: str = "
         "arm": arm,
         "reference": reference,
         "test_set": test_set,
-        "target_force_mae": target,
+        "quantity": quantity,
+        "target": target,
         "reference_labels": b["labels"][-1],
         "labels_needed": reached,
         "fraction": None if reached is None else reached / b["labels"][-1],
@@ -1199,6 +1204,9 @@ def summarize(runs: list[dict], arms: list[str], sets: list[str], oracle: dict) 
         summary["label_fraction_md"] = {
             arm: label_fraction(runs, arm, reference, test_set="md") for arm in summary["label_fraction"]
         }
+    summary["label_fraction_energy"] = {
+        arm: label_fraction(runs, arm, reference, quantity="energy_mae_per_atom") for arm in summary["label_fraction"]
+    }
     verdicts = {}
     for arm, fraction in summary["label_fraction"].items():
         if not fraction or arm == "no-self-play" or arm in REFERENCE_ARMS:
@@ -1327,7 +1335,7 @@ def write_markdown(path: Path, result: dict) -> None:
             if frac["note"]:
                 text += f" ({frac['note']})"
         lines.append(
-            f"- {_arm_title(arm)} to reach {frac['reference']}'s final force MAE {frac['target_force_mae']:.3f} eV/Å: {text}; "
+            f"- {_arm_title(arm)} to reach {frac['reference']}'s final force MAE {frac['target']:.3f} eV/Å: {text}; "
             f"per seed (paired by seed): reached in {frac['per_seed_reached']}"
             + (
                 f", fraction {frac['per_seed_fraction_mean']:.0%} ± {frac['per_seed_fraction_std']:.0%}"
@@ -1335,6 +1343,7 @@ def write_markdown(path: Path, result: dict) -> None:
                 else ""
             )
             + _md_fraction_text(s, arm)
+            + _energy_fraction_text(s, arm)
             + "."
         )
     if any(arm in REFERENCE_ARMS for arm in s["arms"]):
@@ -1405,7 +1414,15 @@ def _md_fraction_text(summary: dict, arm: str) -> str:
     if not frac:
         return ""
     share = "never reached" if frac["fraction"] is None else f"{frac['fraction']:.0%}"
-    return f"; on the MD test sets alone (their mean, {frac['target_force_mae']:.3f} eV/Å): {share}"
+    return f"; on the MD test sets alone (their mean, {frac['target']:.3f} eV/Å): {share}"
+
+
+def _energy_fraction_text(summary: dict, arm: str) -> str:
+    frac = (summary.get("label_fraction_energy") or {}).get(arm) or {}
+    if not frac:
+        return ""
+    share = "never reached" if frac["fraction"] is None else f"{frac['fraction']:.0%}"
+    return f"; to its final in-domain energy MAE ({frac['target'] * 1000:.1f} meV/atom): {share}"
 
 
 def _reuse_line(result: dict) -> list[str]:
@@ -1605,7 +1622,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         name, _, payload = text.partition("=")
         if not name or not payload or name in ARMS + REFERENCE_ARMS:
             parser.error(f"--variant wants NAME=JSON with a new name, got {text!r}")
-        args.variants[name] = json.loads(payload)
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            # the name becomes part of a database name (no '.', '/', spaces) and of file names
+            parser.error(f"--variant name {name!r} may hold letters, digits, '-' and '_' only")
+        try:
+            args.variants[name] = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            parser.error(f"--variant {name}: the JSON does not parse ({exc})")
     args.common_overrides = {}
     for text in args.common:
         args.common_overrides = deep_merge(args.common_overrides, json.loads(text))

@@ -254,7 +254,7 @@ def worker_batched(case: dict) -> dict:
         ensemble = build_ensemble(our_config(), case["members"], seed=0, device=device, avg_num_neighbors=40.0)
         graphs = ensemble.graphs(frames)
         out["model_seconds_per_step"], out["model_cpu_seconds_per_step"] = timed(
-            lambda: ensemble._evaluate_graphs(graphs, False)
+            lambda: ensemble.evaluate_graphs(graphs, False)
         )
         out["seconds_per_step"], out["cpu_seconds_per_step"] = timed(lambda: ensemble.evaluate(frames, stress=False))
         out["parameters_per_member"] = n_parameters(ensemble) // case["members"]

@@ -414,7 +414,9 @@ class EnsemblePotential(nn.Module):
         budget = self.memory_budget() if memory_bytes is None else memory_bytes
         return max(1, int(budget // self.bytes_per_edge()))
 
-    def evaluate(self, frames, *, stress: bool | None = None, max_edges: int | None = None) -> list[dict]:
+    def evaluate(
+        self, frames, *, stress: bool | None = None, max_edges: int | None = None, members: bool = False
+    ) -> list[dict]:
         """Evaluate many structures in as few model calls as memory allows.
 
         Frames are grouped into calls of at most ``max_edges`` edges (default
@@ -425,7 +427,8 @@ class EnsemblePotential(nn.Module):
         frames only, unless ``stress=False``), ``force_deviation`` (n,) σ_i =
         sqrt(mean_k |F_ik - F̄_i|²), ``energy_deviation`` (std of the members' total
         energies, eV), ``member_energies`` (K,), ``descriptor`` (members' mean-pooled
-        invariant features, concatenated).
+        invariant features, concatenated); with ``members=True`` also ``member_forces``
+        (K, n, 3), e.g. for the gradient of the members' disagreement.
         """
         if isinstance(frames, (list, tuple)) and not frames:
             return []
@@ -441,7 +444,7 @@ class EnsemblePotential(nn.Module):
             while stop < len(graphs) and (stop == start or edges + len(graphs[stop].src) <= max_edges):
                 edges += len(graphs[stop].src)
                 stop += 1
-            results.extend(self._evaluate_graphs(graphs[start:stop], stress))
+            results.extend(self.evaluate_graphs(graphs[start:stop], stress, members))
             start = stop
         return results
 
@@ -466,7 +469,10 @@ class EnsemblePotential(nn.Module):
             descriptor=torch.cat([p.descriptor for p in parts]),
         )
 
-    def _evaluate_graphs(self, graphs, stress: bool | None) -> list[dict]:
+    def evaluate_graphs(self, graphs, stress: bool | None = None, members: bool = False) -> list[dict]:
+        """:meth:`evaluate` on graphs built before (:meth:`graphs`), all in one model call:
+        no grouping by memory, so the caller bounds the size (e.g. a benchmark timing the
+        model alone, without the neighbour lists)."""
         want_stress = any(g.periodic for g in graphs) if stress is None else stress
         graph = collate(graphs, self.device, self.dtype)
         pred = self._predict_within_budget(graph, want_stress)
@@ -487,6 +493,8 @@ class EnsemblePotential(nn.Module):
                 "force_deviation": deviation[lo:hi].copy(),
                 "descriptor": descriptor[:, b].reshape(-1).copy(),
             }
+            if members:
+                result["member_forces"] = forces[:, lo:hi].copy()
             if virial is not None and g.periodic and (stress is None or stress):
                 sigma = virial[:, b].mean(0) / g.volume
                 result["stress"] = sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]].copy()

@@ -83,6 +83,16 @@ class MeltQuenchConfig(StopRules):
         "auto",
         description="batched: all trajectories through one model call per step (nvt only); auto picks it for nvt",
     )
+    bias_depth: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="uncertainty bias depth A (eV/atom, samplers.bias): MD drawn towards where the ensemble's "
+        "energies disagree; 0: plain MD on the model",
+    )
+    bias_width: float = Field(
+        0.05, gt=0, le=10, description="uncertainty bias width B (eV/atom of members' energy deviation)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "MeltQuenchConfig":

@@ -83,8 +83,10 @@ def attach_scores(frame: Atoms, result: Mapping[str, Any] | None) -> Atoms:
         frame.info["sigma_e"] = float(result["energy_deviation"]) / len(frame) if len(frame) else float("nan")
     if result.get("energy") is not None:
         frame.info["model_energy"] = float(result["energy"])
-    if result.get("forces") is not None:
-        frame.arrays["model_forces"] = np.asarray(result["forces"], dtype=np.float64).reshape(len(frame), 3)
+    # biased dynamics drive with biased ``forces`` and keep the model's own in ``model_forces``
+    forces = result.get("model_forces", result.get("forces"))
+    if forces is not None:
+        frame.arrays["model_forces"] = np.asarray(forces, dtype=np.float64).reshape(len(frame), 3)
     if result.get("descriptor") is not None:
         frame.info["descriptor"] = np.asarray(result["descriptor"], dtype=np.float64).reshape(-1)
     return frame

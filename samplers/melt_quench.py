@@ -4,7 +4,8 @@ Each start structure is heated from ``t_start`` to ``t_high``, held, and cooled 
 ``t_end`` (see :class:`~samplers.dynamics.MeltQuenchConfig`), under NVT Langevin (ASE's
 ``Langevin``, or the equivalent batched driver) or NPT (ASE's ``LangevinBAOAB`` with a
 hydrostatic barostat). Frames every ``frame_interval`` steps; a trajectory stops at the
-first frame that is unphysical or whose σ_F reaches ``hi``.
+first frame that is unphysical or whose σ_F reaches ``hi``. With ``bias_depth`` > 0 the
+dynamics run on the model plus the uncertainty bias of :mod:`samplers.bias`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from pipeline.atoms import check_atoms
 from pipeline.errors import ConfigError, InvalidStructure
 from samplers.batched_md import run_batched
+from samplers.bias import BiasedEvaluator
 from samplers.dynamics import (
     MeltQuenchConfig,
     Trajectory,
@@ -31,7 +33,7 @@ from samplers.dynamics import (
     trajectory_rng,
 )
 from samplers.frames import clean_copy
-from samplers.model import as_calculator
+from samplers.model import as_calculator, as_evaluator
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,8 @@ def run_melt_quench(
     for i, structure in enumerate(structures):
         check_atoms(structure, f"start structure {first_index + i}")
     params = config.model_dump()
+    if config.bias_depth > 0:
+        model = BiasedEvaluator(as_evaluator(model), config.bias_depth, config.bias_width)
     if config.ensemble == "nvt" and config.driver in ("auto", "batched"):
         trajectories = run_batched(
             model, structures, config, seed, first_index=first_index, sampler=SAMPLER, params=params

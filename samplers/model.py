@@ -29,7 +29,16 @@ from ase.calculators.calculator import Calculator, all_changes
 from pipeline.errors import ConfigError
 
 #: Result keys copied from a calculator into an evaluation dict.
-RESULT_KEYS = ("energy", "forces", "stress", "force_deviation", "energy_deviation", "descriptor")
+RESULT_KEYS = (
+    "energy",
+    "forces",
+    "stress",
+    "force_deviation",
+    "energy_deviation",
+    "descriptor",
+    "model_forces",
+    "bias_energy",
+)
 
 
 @runtime_checkable

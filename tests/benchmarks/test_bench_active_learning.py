@@ -133,6 +133,10 @@ def test_stability_and_label_fraction_are_reported(short_run):
     fraction = result["summary"]["label_fraction"]["selfplay"]
     assert fraction["reference"] == "random-pick" and fraction["reference_labels"] == BUDGET * GENERATIONS
     assert fraction["fraction"] is None or 0 < fraction["fraction"] <= 1
+    energy = result["summary"]["label_fraction_energy"]["selfplay"]
+    assert energy["quantity"] == "energy_mae_per_atom"
+    final = result["summary"]["arms"]["random-pick"]["energy_mae_per_atom"]["in_domain"]["mean"][-1]
+    assert energy["target"] == pytest.approx(final)
     assert set(result["summary"]["verdict"]["selfplay"]) == {"labels_target_met", "stability_target_met"}
     assert result["oracle_check"]["failed"] == 0 and result["oracle_check"]["max_energy_diff_ev"] < 1e-4
     assert all(math.isfinite(x) for x in finite_numbers(result["summary"]))
@@ -191,6 +195,22 @@ def test_labels_to_reach_interpolates_on_the_curve():
     assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 1.5) == pytest.approx(25.0)
     assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 5.0) == 10.0
     assert bench.labels_to_reach([10, 20, 30], [3.0, 2.0, 1.0], 0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ('bias-0.5={"selection": {}}', "letters, digits"),  # a '.' cannot enter a database name
+        ("selfplay={}", "a new name"),
+        ("loose={selection: 1}", "does not parse"),
+    ],
+)
+def test_variant_names_and_json_are_checked_before_any_work(variant, message, capsys):
+    bench = load_benchmark("bench_active_learning")
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--variant", variant])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_reuse_takes_finished_runs_and_refuses_other_settings(short_run):

@@ -66,13 +66,13 @@ def test_default_max_edges_chunks_a_large_batch_like_one_call(monkeypatch):
         for i, (n, pbc) in enumerate([(9, True), (12, False), (7, True), (10, True)])
     ]
     calls = []
-    original = EnsemblePotential._evaluate_graphs
+    original = EnsemblePotential.evaluate_graphs
 
-    def counting(self, graphs, stress):
+    def counting(self, graphs, stress=None, members=False):
         calls.append((len(graphs), sum(len(g.src) for g in graphs)))
-        return original(self, graphs, stress)
+        return original(self, graphs, stress, members)
 
-    monkeypatch.setattr(EnsemblePotential, "_evaluate_graphs", counting)
+    monkeypatch.setattr(EnsemblePotential, "evaluate_graphs", counting)
     whole = ensemble.evaluate(frames, max_edges=10**9)
     assert len(calls) == 1
     total_edges = calls.pop()[1]
