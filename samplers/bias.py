@@ -80,8 +80,8 @@ class BiasedEvaluator:
         self, frames: Sequence[Atoms], *, stress: bool | None = None, scores: bool = True, **options: Any
     ) -> list[dict]:
         """The inner evaluator's results with biased ``forces``, the model's in ``model_forces``,
-        and ``bias_energy`` (eV). ``scores`` is accepted for the MD drivers; the members it
-        needs are computed on every step anyway."""
+        and ``bias_energy`` (eV). ``scores`` (the MD drivers' hint that a step keeps no
+        frame) is accepted and ignored: the bias needs the members on every step."""
         results = self.evaluator.evaluate(frames, stress=stress, members=True, **options)
         for result in results:
             energy, force = uncertainty_bias(result["member_energies"], result["member_forces"], self.depth, self.width)

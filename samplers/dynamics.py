@@ -91,7 +91,11 @@ class MeltQuenchConfig(StopRules):
         "energies disagree; 0: plain MD on the model",
     )
     bias_width: float = Field(
-        0.05, gt=0, le=10, description="uncertainty bias width B (eV/atom of members' energy deviation)"
+        0.1,
+        gt=0,
+        le=10,
+        description="uncertainty bias width B (eV/atom of the members' energy deviation): the bias pulls "
+        "hardest where the deviation per atom is about B; match it to the ensemble's typical spread",
     )
 
     @model_validator(mode="after")
