@@ -1342,8 +1342,7 @@ def write_markdown(path: Path, result: dict) -> None:
                 if frac["per_seed_fraction_mean"] is not None
                 else ""
             )
-            + _md_fraction_text(s, arm)
-            + _energy_fraction_text(s, arm)
+            + _further_fractions_text(s, arm)
             + "."
         )
     if any(arm in REFERENCE_ARMS for arm in s["arms"]):
@@ -1409,20 +1408,21 @@ def write_markdown(path: Path, result: dict) -> None:
     path.write_text("\n".join(lines) + (kept if kept else "\n"))
 
 
-def _md_fraction_text(summary: dict, arm: str) -> str:
-    frac = (summary.get("label_fraction_md") or {}).get(arm) or {}
-    if not frac:
-        return ""
-    share = "never reached" if frac["fraction"] is None else f"{frac['fraction']:.0%}"
-    return f"; on the MD test sets alone (their mean, {frac['target']:.3f} eV/Å): {share}"
+#: The further label fractions a summary line reports: (summary key, how to say its target).
+FRACTION_TEXTS = (
+    ("label_fraction_md", lambda target: f"on the MD test sets alone (their mean, {target:.3f} eV/Å)"),
+    ("label_fraction_energy", lambda target: f"to its final in-domain energy MAE ({target * 1000:.1f} meV/atom)"),
+)
 
 
-def _energy_fraction_text(summary: dict, arm: str) -> str:
-    frac = (summary.get("label_fraction_energy") or {}).get(arm) or {}
-    if not frac:
-        return ""
-    share = "never reached" if frac["fraction"] is None else f"{frac['fraction']:.0%}"
-    return f"; to its final in-domain energy MAE ({frac['target'] * 1000:.1f} meV/atom): {share}"
+def _further_fractions_text(summary: dict, arm: str) -> str:
+    text = ""
+    for key, target_text in FRACTION_TEXTS:
+        frac = (summary.get(key) or {}).get(arm) or {}
+        if frac:
+            share = "never reached" if frac["fraction"] is None else f"{frac['fraction']:.0%}"
+            text += f"; {target_text(frac['target'])}: {share}"
+    return text
 
 
 def _reuse_line(result: dict) -> list[str]:

@@ -37,6 +37,11 @@ def water_pair() -> Atoms:
     return atoms
 
 
+def schedule(**fields) -> MeltQuenchConfig:
+    """A short melt/quench schedule at 0.5 fs with no σ_F stop; ``fields`` override."""
+    return MeltQuenchConfig(**{"timestep_fs": 0.5, "hi": None, "heat_steps": 0, "cool_steps": 0, **fields})
+
+
 def bias_energy(ensemble, atoms: Atoms, depth: float, width: float) -> float:
     (result,) = ensemble.evaluate([atoms], members=True)
     return uncertainty_bias(result["member_energies"], result["member_forces"], depth, width)[0]
@@ -89,10 +94,9 @@ def test_biased_frames_keep_the_model_forces_and_energy():
     assert np.allclose(result["model_forces"], plain["forces"], atol=1e-12)
     assert not np.allclose(result["forces"], plain["forces"])
     assert "member_forces" not in result and result["bias_energy"] < 0
-    config = MeltQuenchConfig(
-        t_start=600, t_high=600, t_end=600, heat_steps=0, hold_steps=20, cool_steps=0, timestep_fs=0.5,
-        frame_interval=10, hi=None, bias_depth=0.3, bias_width=0.4,
-    )  # fmt: skip
+    config = schedule(
+        t_start=600, t_high=600, t_end=600, hold_steps=20, frame_interval=10, bias_depth=0.3, bias_width=0.4
+    )
     (trajectory,) = run_melt_quench(ensemble, [atoms], config, seed=2)
     for frame in trajectory.frames:
         (reference,) = ensemble.evaluate([frame])
@@ -103,9 +107,9 @@ def test_biased_frames_keep_the_model_forces_and_energy():
 
 def test_both_drivers_run_the_same_biased_trajectory():
     ensemble = float64_ensemble(5)
-    config = MeltQuenchConfig(
-        t_start=300, t_high=1500, t_end=600, heat_steps=10, hold_steps=5, cool_steps=10, timestep_fs=0.5,
-        frame_interval=5, hi=None, bias_depth=1.0, bias_width=3.5,
+    config = schedule(
+        t_start=300, t_high=1500, t_end=600, heat_steps=10, hold_steps=5, cool_steps=10,
+        frame_interval=5, bias_depth=1.0, bias_width=3.5,
     )  # fmt: skip
     starts = [water_pair(), water_pair()[:3]]
     via_ase = run_melt_quench(ensemble, starts, config.model_copy(update={"driver": "ase"}), seed=7)
@@ -121,10 +125,9 @@ def test_both_drivers_run_the_same_biased_trajectory():
 
 def test_biased_runs_go_where_the_members_disagree():
     ensemble = float64_ensemble(11)
-    config = MeltQuenchConfig(
-        t_start=300, t_high=300, t_end=300, heat_steps=0, hold_steps=200, cool_steps=0, timestep_fs=0.5,
-        frame_interval=20, hi=None, min_covalent_ratio=0.0, bias_width=0.77,
-    )  # fmt: skip
+    config = schedule(
+        t_start=300, t_high=300, t_end=300, hold_steps=200, frame_interval=20, min_covalent_ratio=0.0, bias_width=0.77
+    )
     starts = [water_pair(), water_pair()[:3], water_pair()[3:]]
 
     def mean_rise_of_energy_deviation(depth: float) -> float:
