@@ -27,7 +27,6 @@ The bias acts on the atoms only: under NPT the cell feels the model's stress alo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 from ase import Atoms
 
 from pipeline.errors import ConfigError
+from samplers.model import evaluate_parameters
 
 
 def uncertainty_bias(
@@ -63,11 +63,7 @@ class BiasedEvaluator:
     """A batch evaluator whose forces include the uncertainty bias (``depth``, ``width`` in eV/atom)."""
 
     def __init__(self, evaluator: Any, depth: float, width: float):
-        try:
-            accepted = inspect.signature(evaluator.evaluate).parameters
-        except (TypeError, ValueError):
-            accepted = {}
-        if "members" not in accepted:
+        if "members" not in evaluate_parameters(evaluator):
             raise ConfigError(
                 f"uncertainty-biased MD needs the members' energies and forces, which {type(evaluator).__name__} "
                 "does not give; drive it with the ensemble (potential.EnsemblePotential) or set bias_depth to 0"

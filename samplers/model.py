@@ -161,6 +161,14 @@ def as_calculator(model: Any) -> Calculator:
     raise ConfigError(f"model of type {type(model).__name__} has neither evaluate() nor the ASE calculator interface")
 
 
+def evaluate_parameters(evaluator: Any) -> set[str]:
+    """The parameter names of ``evaluator.evaluate`` (empty where they cannot be read)."""
+    try:
+        return set(inspect.signature(evaluator.evaluate).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def evaluate_options(evaluator: Any, *, stress: bool | None = None, scores: bool = True) -> dict:
     """The ``stress``/``scores`` keywords for ``evaluator.evaluate``, those it accepts.
 
@@ -168,10 +176,7 @@ def evaluate_options(evaluator: Any, *, stress: bool | None = None, scores: bool
     deviation (steps whose frames are not kept); evaluators without the keyword
     compute what they always compute.
     """
-    try:
-        accepted = set(inspect.signature(evaluator.evaluate).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
+    accepted = evaluate_parameters(evaluator)
     options: dict[str, Any] = {}
     if "stress" in accepted and stress is not None:
         options["stress"] = stress
